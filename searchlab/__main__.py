@@ -1,0 +1,5 @@
+"""`python -m searchlab [overrides]`."""
+
+from searchlab.cli import main
+
+main()

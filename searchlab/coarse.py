@@ -1,0 +1,264 @@
+"""Coarse stage: scikit-learn `RandomizedSearchCV` over a SciKeras wrapper.
+
+Candidates are sampled exactly as `RandomizedSearchCV` samples them and evaluated
+in small batches, so each finished candidate is reported (tracked, printed) as
+soon as its folds are done instead of at the very end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from scikeras.wrappers import KerasClassifier, KerasRegressor
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import KFold, ParameterSampler, RandomizedSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import ClassifierTags, RegressorTags
+
+from searchlab.config import CoarseConfig, ModelConfig
+from searchlab.data import Dataset
+from searchlab.metrics import Scoring
+from searchlab.model import build_model, training_callbacks
+from searchlab.space import BUILD_PARAMS, Param, Space
+
+
+@dataclass(frozen=True)
+class CoarseTrial:
+    """One coarse candidate: its sampled hyperparameters and cross-validated score."""
+
+    number: int
+    params: dict[str, Any]
+    fold_scores: tuple[float, ...]
+    curves: dict[str, list[float]] = field(default_factory=dict)  # per-epoch means over folds
+    error: str | None = None
+    start_time: float = 0.0
+    end_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def mean_score(self) -> float:
+        return float(np.mean(self.fold_scores)) if self.ok else float("nan")
+
+    @property
+    def std_score(self) -> float:
+        return float(np.std(self.fold_scores)) if self.ok else float("nan")
+
+
+@dataclass(frozen=True)
+class CoarseResult:
+    trials: tuple[CoarseTrial, ...]
+    space: dict[str, Param]
+    scoring: Scoring
+
+    @property
+    def completed(self) -> list[CoarseTrial]:
+        return [t for t in self.trials if t.ok]
+
+    @property
+    def best(self) -> CoarseTrial:
+        return max(self.completed, key=lambda t: t.mean_score)
+
+
+class SearchlabClassifier(KerasClassifier):
+    """SciKeras' classifier with scikit-learn >= 1.6 tags.
+
+    scikeras 0.13 only defines the old `_more_tags`, so `is_classifier` is False and
+    `cv=int` silently becomes an unshuffled, unstratified KFold (see COMPAT.md).
+    """
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "classifier"
+        tags.classifier_tags = ClassifierTags()
+        tags.regressor_tags = None
+        return tags
+
+
+class SearchlabRegressor(KerasRegressor):
+    """SciKeras' regressor with scikit-learn >= 1.6 tags (see `SearchlabClassifier`)."""
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "regressor"
+        tags.regressor_tags = RegressorTags()
+        tags.classifier_tags = None
+        return tags
+
+
+def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfig, seed: int) -> Any:
+    """A scikit-learn estimator (scaling inside, then the network) with `defaults` as hyperparameters.
+
+    Regression targets are standardized inside too (`TransformedTargetRegressor`), so
+    every fold fits its own target scaling.
+    """
+    wrapper = SearchlabRegressor if data.task == "regression" else SearchlabClassifier
+    net = wrapper(
+        model=_scikeras_model,
+        model__task=data.task,
+        model__candidate=-1,
+        model__steps_per_execution=settings.steps_per_execution,
+        **{f"model__{name}": defaults[name] for name in BUILD_PARAMS},
+        batch_size=defaults["batch_size"],
+        epochs=defaults["epochs"],
+        callbacks=training_callbacks(settings),
+        validation_split=settings.validation_fraction,
+        random_state=seed,
+        verbose=0,
+    )
+    pipeline = Pipeline([("scale", StandardScaler()), ("net", net)])
+    if data.task == "regression":
+        return TransformedTargetRegressor(regressor=pipeline, transformer=StandardScaler())
+    return pipeline
+
+
+def param_key(data: Dataset, name: str) -> str:
+    """The scikit-learn parameter name of hyperparameter `name` in `make_estimator`'s estimator."""
+    return _net_prefix(data) + (f"model__{name}" if name in BUILD_PARAMS else name)
+
+
+def _net_prefix(data: Dataset) -> str:
+    return "regressor__net__" if data.task == "regression" else "net__"
+
+
+def make_cv(data: Dataset, folds: int, seed: int) -> StratifiedKFold | KFold:
+    """Shuffled folds, stratified for classification."""
+    splitter = StratifiedKFold if data.is_classification else KFold
+    return splitter(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def run_coarse(
+    data: Dataset,
+    space: Space,
+    defaults: dict[str, Any],
+    settings: CoarseConfig,
+    model_settings: ModelConfig,
+    scoring: Scoring,
+    seed: int,
+    on_trial: Callable[[CoarseTrial], None] = lambda trial: None,
+) -> CoarseResult:
+    """Cross-validate `settings.n_iter` random candidates from `space`.
+
+    Hyperparameters outside `space` keep their `defaults`. `on_trial` is called with each
+    finished candidate, in candidate order.
+    """
+    random_state = seed if settings.random_state is None else settings.random_state
+    cv = make_cv(data, settings.cv, seed)
+    with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir:
+        search = _StreamingSearch(
+            make_estimator(data, defaults, model_settings, seed),
+            {param_key(data, name): param.distribution() for name, param in space.items()},
+            n_iter=settings.n_iter,
+            scoring=_HistoryScorer(scoring.name, history_dir),
+            cv=cv,
+            n_jobs=settings.n_jobs,
+            random_state=random_state,
+            refit=False,
+            error_score=np.nan,
+        )
+        trials: list[CoarseTrial] = []
+
+        candidate_key = _net_prefix(data) + "model__candidate"
+        fold_keys = [_fold_key(data.X_train[test]) for _, test in cv.split(data.X_train, data.y_train)]
+
+        def report(candidates: list[dict[str, Any]], results: dict[str, Any], started: float) -> None:
+            for offset, candidate in enumerate(candidates):
+                row = len(results["params"]) - len(candidates) + offset
+                number = candidate[candidate_key]
+                sampled = {key: value for key, value in candidate.items() if key != candidate_key}
+                trial = _make_trial(number, sampled, space, results, row, Path(history_dir), fold_keys, started)
+                trials.append(trial)
+                on_trial(trial)
+
+        search.report = report
+        search.candidate_key = candidate_key
+        search.batch_size = max(1, settings.n_jobs if settings.n_jobs > 0 else 2)
+        search.fit(data.X_train, data.y_train)
+    return CoarseResult(tuple(trials), dict(space), scoring)
+
+
+class _StreamingSearch(RandomizedSearchCV):
+    """`RandomizedSearchCV` that evaluates its candidates a batch at a time and reports each batch."""
+
+    report: Callable[[list[dict[str, Any]], dict[str, Any], float], None]
+    batch_size: int = 1
+    candidate_key: str = "net__model__candidate"
+
+    def _run_search(self, evaluate_candidates: Callable[[Iterable[dict[str, Any]]], dict[str, Any]]) -> None:
+        sampled = ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state)
+        # The candidate number travels with the parameters so each fold's curves can be matched to it.
+        candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)]
+        for start in range(0, len(candidates), self.batch_size):
+            batch = candidates[start:start + self.batch_size]
+            started = time.time()
+            results = evaluate_candidates(batch)
+            self.report(batch, results, started)
+
+
+class _HistoryScorer:
+    """Scores a fitted fold, and leaves its training curves in `history_dir` for the parent process.
+
+    A fold whose training loss turned NaN/inf raises, so scikit-learn records the fold
+    as failed (`error_score`) instead of scoring a broken network.
+    """
+
+    def __init__(self, scoring: str, history_dir: str) -> None:
+        self.scorer = get_scorer(scoring)
+        self.history_dir = history_dir
+
+    def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
+        net = _find_net(estimator)
+        history = {k: [float(v) for v in values] for k, values in net.history_.items()}
+        bad = [i for i, v in enumerate(history.get("loss", [])) if not np.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"training loss became {history['loss'][bad[0]]} at epoch {bad[0] + 1}")
+        path = Path(self.history_dir) / f"{net.get_params()['model__candidate']}-{_fold_key(X)}.json"
+        path.write_text(json.dumps(history))
+        return float(self.scorer(estimator, X, y))
+
+
+def _scikeras_model(meta: dict[str, Any], compile_kwargs: dict[str, Any], params: dict[str, Any],
+                    candidate: int, **hyperparameters: Any) -> Any:
+    n_classes = meta.get("n_classes_") or 0
+    return build_model(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
+
+
+def _find_net(estimator: Any) -> Any:
+    if isinstance(estimator, TransformedTargetRegressor):
+        estimator = estimator.regressor_
+    return estimator.named_steps["net"]
+
+
+def _fold_key(X: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
+
+
+def _make_trial(number: int, candidate: dict[str, Any], space: Space, results: dict[str, Any], row: int,
+                history_dir: Path, fold_keys: list[str], started: float) -> CoarseTrial:
+    params = {name: space[name].cast(value) for key, value in candidate.items()
+              for name in [key.rsplit("__", 1)[-1]]}
+    scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
+    paths = [history_dir / f"{number}-{fold}.json" for fold in fold_keys]
+    histories = [json.loads(path.read_text()) for path in paths if path.exists()]
+    error = None if all(np.isfinite(scores)) else "fit or scoring failed on a fold (non-finite loss or an error)"
+    return CoarseTrial(number, params, scores, _mean_curves(histories), error, started, time.time())
+
+
+def _mean_curves(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    curves: dict[str, list[float]] = {}
+    for key in histories[0] if histories else []:
+        series = [h[key] for h in histories if key in h]
+        length = max(len(s) for s in series)
+        curves[key] = [float(np.mean([s[e] for s in series if e < len(s)])) for e in range(length)]
+    return curves

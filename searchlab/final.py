@@ -1,0 +1,70 @@
+"""Final model: refit the chosen hyperparameters on all training rows, then test it once.
+
+With no validation rows left, training runs for the epoch count at which the chosen
+configuration's fine-stage validation loss was lowest (what early stopping restored).
+The test split is used here and only here, for the model and for a trivial baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn.dummy import DummyClassifier, DummyRegressor
+
+from searchlab.config import ModelConfig
+from searchlab.data import Dataset
+from searchlab.metrics import evaluate_predictions
+from searchlab.model import Scalers, build_model, predict_scores, split_hyperparameters
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    params: dict[str, Any]
+    epochs: int
+    test_metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    history: dict[str, list[float]]
+    model: Any  # keras.Model on raw features, predicting in target units / class probabilities
+
+
+def best_epoch_count(curves: dict[str, list[float]], fallback: int) -> int:
+    """Epochs up to and including the lowest validation loss."""
+    val_loss = [v if np.isfinite(v) else np.inf for v in curves.get("val_loss", [])]
+    return int(np.argmin(val_loss)) + 1 if val_loss else fallback
+
+
+def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings: ModelConfig, seed: int,
+                   verbose: int = 0) -> FinalResult:
+    """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline."""
+    scalers = Scalers.fit(data.X_train, data.y_train, data.task)
+    X, y = scalers.transform(data.X_train, data.y_train)
+    build, fit = split_hyperparameters(params)
+    keras.utils.set_random_seed(seed)
+    net = build_model(n_features=data.n_features, task=data.task, n_classes=data.n_classes,
+                      steps_per_execution=settings.steps_per_execution, target_scale=scalers.target_scale, **build)
+    history = net.fit(X, y, batch_size=fit["batch_size"], epochs=epochs, verbose=2 if verbose >= 2 else 0,
+                      callbacks=[keras.callbacks.TerminateOnNaN()])
+    model = scalers.wrap(net)
+    test_metrics = evaluate_predictions(data.task, data.y_test, predict_scores(model, data.X_test, data.task))
+    return FinalResult(
+        params=dict(params),
+        epochs=epochs,
+        test_metrics=test_metrics,
+        baseline_metrics=baseline_metrics(data),
+        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
+        model=model,
+    )
+
+
+def baseline_metrics(data: Dataset) -> dict[str, float]:
+    """Test metrics of the trivial model: class priors (majority class) or the training mean."""
+    if data.is_classification:
+        dummy = DummyClassifier(strategy="prior").fit(data.X_train, data.y_train)
+        proba = np.zeros((len(data.y_test), data.n_classes))
+        proba[:, dummy.classes_] = dummy.predict_proba(data.X_test)
+        return evaluate_predictions(data.task, data.y_test, proba)
+    prediction = DummyRegressor(strategy="mean").fit(data.X_train, data.y_train).predict(data.X_test)
+    return evaluate_predictions(data.task, data.y_test, prediction)

@@ -1,0 +1,172 @@
+"""The one Keras model builder and the training protocol every stage shares.
+
+`build_model`'s keywords are the hyperparameter names used everywhere (see
+`searchlab.space.HYPERPARAMETERS`); `batch_size` and `epochs` belong to `fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+import keras
+import numpy as np
+from sklearn.preprocessing import StandardScaler
+
+from searchlab.config import ModelConfig
+from searchlab.space import BUILD_PARAMS, FIT_PARAMS
+
+# keras.optimizers class per optimizer name in searchlab.space.OPTIMIZERS
+_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "nadam": keras.optimizers.Nadam,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": keras.optimizers.SGD,
+    "adagrad": keras.optimizers.Adagrad,
+}
+
+
+class _ScaledRMSE(keras.metrics.RootMeanSquaredError):
+    """RMSE in the target's own units for a model trained on standardized targets."""
+
+    def __init__(self, scale: float = 1.0, name: str = "rmse", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.scale = scale
+
+    def result(self) -> Any:
+        return super().result() * self.scale
+
+
+class _ScaledMAE(keras.metrics.MeanAbsoluteError):
+    """MAE in the target's own units for a model trained on standardized targets."""
+
+    def __init__(self, scale: float = 1.0, name: str = "mae", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.scale = scale
+
+    def result(self) -> Any:
+        return super().result() * self.scale
+
+
+def build_model(
+    *,
+    n_features: int,
+    task: str,
+    n_classes: int = 0,
+    units: int = 64,
+    layers: int = 2,
+    dropout: float = 0.0,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    noise: float = 0.0,
+    learning_rate: float = 1e-3,
+    optimizer: str = "adam",
+    activation: str = "relu",
+    steps_per_execution: int = 1,
+    target_scale: float = 1.0,
+) -> keras.Model:
+    """Build and compile an MLP for `task`.
+
+    Args:
+        n_features: input width.
+        task: binary, multiclass or regression; decides the output layer and loss.
+        n_classes: number of classes (multiclass).
+        units, layers, dropout, l1, l2, noise, learning_rate, optimizer, activation:
+            the hyperparameters; `noise` is the stddev of Gaussian input noise, `l1`/`l2`
+            the kernel regularizer rates.
+        steps_per_execution: batches per compiled call (speed only).
+        target_scale: regression targets' standard deviation, so RMSE/MAE read in target units.
+    """
+    regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+    inputs = keras.Input(shape=(n_features,), name="features")
+    x = keras.layers.GaussianNoise(noise)(inputs) if noise > 0 else inputs
+    for _ in range(int(layers)):
+        x = keras.layers.Dense(int(units), activation=activation, kernel_regularizer=regularizer)(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout)(x)
+    metrics: list[Any]
+    if task == "regression":
+        outputs = keras.layers.Dense(1)(x)
+        loss = "mean_squared_error"
+        metrics = [_ScaledRMSE(target_scale), _ScaledMAE(target_scale), keras.metrics.R2Score(name="r2")]
+    elif task == "binary":
+        outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+        loss = "binary_crossentropy"
+        metrics = ["accuracy", keras.metrics.BinaryCrossentropy(name="log_loss"), keras.metrics.AUC(name="auc")]
+    else:
+        outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
+        loss = "sparse_categorical_crossentropy"
+        metrics = ["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="log_loss")]
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=_OPTIMIZERS[optimizer](learning_rate=learning_rate),
+        loss=loss,
+        metrics=metrics,
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def split_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split hyperparameter values into `build_model` keywords and `fit` keywords."""
+    build = {k: v for k, v in values.items() if k in BUILD_PARAMS}
+    fit = {k: v for k, v in values.items() if k in FIT_PARAMS}
+    return build, fit
+
+
+def training_callbacks(settings: ModelConfig) -> list[keras.callbacks.Callback]:
+    """Early stopping on validation loss, and an immediate stop when the loss turns NaN."""
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+
+
+@dataclass
+class Scalers:
+    """Feature (and, for regression, target) standardization fitted on training rows only."""
+
+    features: StandardScaler
+    target: StandardScaler | None
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, task: str) -> Scalers:
+        target = StandardScaler().fit(y.reshape(-1, 1)) if task == "regression" else None
+        return cls(StandardScaler().fit(X), target)
+
+    def transform(self, X: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        Xs = self.features.transform(X).astype("float32")
+        if y is None or self.target is None:
+            return Xs, y
+        return Xs, self.target.transform(y.reshape(-1, 1)).ravel().astype("float32")
+
+    @property
+    def target_scale(self) -> float:
+        return float(self.target.scale_[0]) if self.target is not None else 1.0
+
+    def wrap(self, model: keras.Model) -> keras.Model:
+        """A model on raw features (and raw target units) around `model`, for export."""
+        mean = self.features.mean_.astype("float32")
+        var = self.features.var_.astype("float32")
+        var = np.where(var > 0, var, 1.0)  # as StandardScaler does for constant columns
+        inputs = keras.Input(shape=(len(mean),), name="features")
+        x = keras.layers.Normalization(mean=mean, variance=var, name="standardize")(inputs)
+        outputs = model(x)
+        if self.target is not None:
+            outputs = keras.layers.Rescaling(
+                scale=float(self.target.scale_[0]), offset=float(self.target.mean_[0]), name="to_target_units"
+            )(outputs)
+        return keras.Model(inputs, outputs, name="searchlab_model")
+
+
+def predict_scores(model: keras.Model, X: np.ndarray, task: str) -> np.ndarray:
+    """Class-probability matrix (classification) or predictions (regression) of an exported model."""
+    raw = np.asarray(model.predict(X, verbose=0, batch_size=1024))
+    if task == "regression":
+        return raw.ravel()
+    if task == "binary":
+        p = raw.ravel()
+        return np.column_stack([1.0 - p, p])
+    return raw

@@ -1,0 +1,154 @@
+"""Hyperparameters and search spaces, free of Keras and MLflow.
+
+The names in `HYPERPARAMETERS` are the model builder's keywords and are used
+unchanged in YAML, in scikit-learn (`model__units`), in KerasTuner and in
+MLflow params.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import numpy as np
+from scipy import stats
+
+OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd", "adagrad")
+ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "tanh", "sigmoid", "leaky_relu")
+
+# name -> (kind, lower bound, whether the lower bound is allowed, upper bound (exclusive) or None)
+_NUMERIC_LIMITS: dict[str, tuple[str, float, bool, float | None]] = {
+    "units": ("int", 1, True, None),
+    "layers": ("int", 0, True, None),
+    "dropout": ("float", 0.0, True, 1.0),
+    "l1": ("float", 0.0, True, None),
+    "l2": ("float", 0.0, True, None),
+    "noise": ("float", 0.0, True, None),
+    "learning_rate": ("float", 0.0, False, None),
+    "batch_size": ("int", 1, True, None),
+    "epochs": ("int", 1, True, None),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "activation": ACTIVATIONS}
+
+#: Keywords of `searchlab.model.build_model`.
+BUILD_PARAMS = ("units", "layers", "dropout", "l1", "l2", "noise", "learning_rate", "optimizer", "activation")
+#: Keywords of the training loop rather than the network.
+FIT_PARAMS = ("batch_size", "epochs")
+HYPERPARAMETERS = BUILD_PARAMS + FIT_PARAMS
+
+Kind = Literal["int", "float", "choice"]
+
+
+def allowed(name: str) -> str:
+    """Describe the values hyperparameter `name` accepts, for error messages."""
+    if name in _CHOICES:
+        return "one of " + ", ".join(_CHOICES[name])
+    kind, low, inclusive, high = _NUMERIC_LIMITS[name]
+    lower = f"{'>=' if inclusive else '>'} {low:g}"
+    return f"an {kind} {lower}" + (f" and < {high:g}" if high is not None else "")
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Return why `value` is not a valid setting of hyperparameter `name`, or None."""
+    if name not in HYPERPARAMETERS:
+        return f"is not a hyperparameter; known ones are {', '.join(HYPERPARAMETERS)}"
+    if name in _CHOICES:
+        return None if value in _CHOICES[name] else f"must be {allowed(name)}, got {value!r}"
+    kind, low, inclusive, high = _NUMERIC_LIMITS[name]
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind == "int" and float(value) != int(value)) or not math.isfinite(value):
+        return f"must be {allowed(name)}, got {value!r}"
+    too_low = value < low if inclusive else value <= low
+    if too_low or (high is not None and value >= high):
+        return f"must be {allowed(name)}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable hyperparameter: an int or float range (optionally log-scaled) or a choice."""
+
+    name: str
+    kind: Kind
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    values: tuple[Any, ...] = ()
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind != "choice"
+
+    def distribution(self) -> Any:
+        """A scikit-learn `ParameterSampler` distribution (an object with `rvs`, or a list)."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind == "int":
+            return _IntDistribution(int(self.low), int(self.high), self.log)
+        if self.log:
+            return stats.loguniform(self.low, self.high)
+        return stats.uniform(self.low, self.high - self.low)
+
+    def grid(self, points: int) -> list[Any]:
+        """At most `points` values spread evenly (geometrically if log) over the range."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.low == self.high:
+            return [self.cast(self.low)]
+        spread = np.geomspace if self.log else np.linspace
+        values = [self.cast(v) for v in spread(self.low, self.high, points)]
+        return sorted(set(values))
+
+    def cast(self, value: Any) -> Any:
+        """Convert a sampled or stored value to this parameter's Python type."""
+        if self.kind == "int":
+            return int(round(float(value)))
+        if self.kind == "float":
+            return float(value)
+        for choice in self.values:  # values read back from MLflow are strings
+            if choice == value or str(choice) == str(value):
+                return choice
+        raise ValueError(f"{value!r} is not one of {self.name}'s choices {list(self.values)}")
+
+    def declare(self, hp: Any) -> Any:
+        """Declare this parameter on a KerasTuner `HyperParameters` object, continuous ranges kept."""
+        if self.kind == "choice":
+            return hp.Choice(self.name, list(self.values))
+        sampling = "log" if self.log else "linear"
+        if self.kind == "int":
+            return hp.Int(self.name, int(self.low), int(self.high), sampling=sampling)
+        return hp.Float(self.name, self.low, self.high, sampling=sampling)
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"{self.name} in {list(self.values)}"
+        scale = ", log" if self.log else ""
+        return f"{self.name} in [{self.low:.4g}, {self.high:.4g}] ({self.kind}{scale})"
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"type": "choice", "values": list(self.values)}
+        return {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+
+
+Space = Mapping[str, Param]
+
+
+def space_as_dict(space: Space) -> dict[str, dict[str, Any]]:
+    """A plain, YAML-friendly view of a space."""
+    return {name: param.as_dict() for name, param in space.items()}
+
+
+class _IntDistribution:
+    """Integers in [low, high], uniform or log-uniform; scipy's randint has no log scale."""
+
+    def __init__(self, low: int, high: int, log: bool) -> None:
+        self.low, self.high, self.log = low, high, log
+
+    def rvs(self, random_state: np.random.RandomState) -> int:
+        if self.log:
+            value = math.exp(random_state.uniform(math.log(self.low), math.log(self.high + 1)))
+        else:
+            value = random_state.uniform(self.low, self.high + 1)
+        return min(int(value), self.high)
