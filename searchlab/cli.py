@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any, NoReturn
@@ -38,8 +39,21 @@ def _main(cfg: DictConfig) -> None:
           f"/runs/{result.run_id}")
 
 
+def _silence_native_stderr() -> None:
+    """Send TensorFlow's C++ log lines (which ignore TF_CPP_MIN_LOG_LEVEL before absl is set up)
+    to /dev/null, keeping Python's own stderr (errors, tracebacks) on the terminal."""
+    sys.stderr.flush()
+    python_stderr = os.dup(2)
+    sys.stderr = os.fdopen(python_stderr, "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 def main() -> None:
     """Console entry point."""
+    if not any(arg.startswith("verbose=2") for arg in sys.argv[1:]):
+        _silence_native_stderr()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends runs as KILLED, like Ctrl-C
     _main()
 

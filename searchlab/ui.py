@@ -1,0 +1,30 @@
+"""`make ui`: the MLflow UI on 127.0.0.1 against the project's store (or `--uri`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from searchlab.tracking import default_tracking_uri, redact
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow ui` command line for a store."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m searchlab.ui", description=__doc__)
+    parser.add_argument("--uri", default=default_tracking_uri(), help="tracking URI (default: the project's mlruns/)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address; only change it on a trusted network")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    print(f"MLflow UI for {redact(args.uri)}\n  open http://{args.host}:{args.port}/  (training runs: pick the "
+          "experiment, then the 'Model training' view). It takes ~30 s to answer; Ctrl-C stops it.", flush=True)
+    command = ui_command(args.uri, args.host, args.port)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

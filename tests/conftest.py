@@ -1,0 +1,31 @@
+"""Shared fixtures: the real `conf/` composed with small overrides, MLflow stores in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+
+register_schemas()
+
+
+def compose_config(*overrides: str) -> Config:
+    """Compose the project's real `conf/` with Hydra overrides and validate it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return from_dictconfig(cfg)
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Config]:
+    return compose_config
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    """A fresh SQLite MLflow store in tmp_path."""
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -1,0 +1,106 @@
+"""End to end: a smoke search on real data with real Keras, asserting the MLflow run tree."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from searchlab import pipeline
+from searchlab.config import Config
+from searchlab.tracking import RUN_TAG, STAGE_TAG
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[pipeline.SearchResult, MlflowClient]:
+    from tests.conftest import compose_config
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    config = compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0")
+    result = pipeline.run(config)
+    return result, MlflowClient(uri)
+
+
+def _runs(client: MlflowClient, experiment_id: str, query: str) -> list[mlflow.entities.Run]:
+    return client.search_runs([experiment_id], filter_string=query, max_results=1000)
+
+
+def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
+    result, client = smoke
+    exp = result.experiment_id
+    parent = client.get_run(result.run_id)
+    assert parent.data.tags[RUN_TAG] == "search"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["dataset.name"] == "digits"
+    assert parent.data.params["search.coarse.n_iter"] == "4"
+    assert "best.units" in parent.data.params
+    for key in ("test_accuracy", "test_log_loss", "baseline_test_accuracy", "baseline_test_log_loss"):
+        assert key in parent.data.metrics
+    assert parent.data.metrics["test_accuracy"] > parent.data.metrics["baseline_test_accuracy"] + 0.3
+
+    stages = _runs(client, exp, f"tags.`mlflow.parentRunId` = '{result.run_id}'")
+    assert sorted(s.data.tags[STAGE_TAG] for s in stages) == ["coarse", "fine"]
+    for stage in stages:
+        assert stage.data.tags[RUN_TAG] == "stage"
+        assert stage.info.status == "FINISHED"
+        assert "best_score" in stage.data.metrics
+        trials = _runs(client, exp, f"tags.`mlflow.parentRunId` = '{stage.info.run_id}'")
+        assert all(t.data.tags[RUN_TAG] == "trial" for t in trials)
+        assert all(t.data.tags[STAGE_TAG] == stage.data.tags[STAGE_TAG] for t in trials)
+        if stage.data.tags[STAGE_TAG] == "coarse":
+            assert len(trials) == 4 == len(result.coarse.trials)
+            for trial in trials:
+                assert {"cv_score_mean", "cv_score_std", "cv_score_fold_0", "cv_score_fold_1"} <= set(trial.data.metrics)
+                assert "units" in trial.data.params
+        else:
+            assert len(trials) == len(result.fine.trials) + 1  # + the coarse winner
+            assert len(trials) >= 3
+    # no run left looking alive
+    assert not _runs(client, exp, "attributes.status = 'RUNNING'")
+
+
+def test_curves_are_step_series(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
+    result, client = smoke
+    fine_trial = result.fine.trials[0]
+    runs = _runs(client, result.experiment_id, f"tags.`searchlab.trial_id` = '{fine_trial.trial_id}'")
+    history = client.get_metric_history(runs[0].info.run_id, "val_loss")
+    assert [m.step for m in history] == list(range(len(fine_trial.curves["val_loss"])))
+    coarse_run = _runs(client, result.experiment_id, "tags.`searchlab.stage` = 'coarse' and tags.`searchlab.run` = 'trial'")[0]
+    assert len(client.get_metric_history(coarse_run.info.run_id, "val_loss")) >= 1
+
+
+def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
+    result, client = smoke
+    names = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "narrowing.md", "best_model_input_example.json"} <= names
+    assert result.model_uri is not None
+    model = mlflow.keras.load_model(result.model_uri)
+    proba = np.asarray(model.predict(result.data.X_test, verbose=0))
+    assert proba.shape == (len(result.data.y_test), 10)
+    accuracy = float((proba.argmax(axis=1) == result.data.y_test).mean())
+    assert accuracy == pytest.approx(result.final.test_metrics["accuracy"], abs=1e-6)
+    pyfunc = mlflow.pyfunc.load_model(result.model_uri)
+    assert np.asarray(pyfunc.predict(result.data.X_test[:3])).shape == (3, 10)
+
+
+def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
+    result, client = smoke
+    summary = result.summary()
+    for part in ("digits", "Coarse", "Fine", "Test vs baseline", "Narrowing"):
+        assert part in summary
+    assert client.get_run(result.run_id).data.tags["mlflow.note.content"] == summary
+
+
+def test_regression_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
+    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=regression",
+                         "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",
+                         "tracking.log_model=false")
+    result = pipeline.run(config)
+    assert result.data.task == "regression"
+    assert set(result.final.test_metrics) == {"rmse", "mae", "r2"}
+    assert result.final.test_metrics["rmse"] < result.final.baseline_metrics["rmse"]
