@@ -1,42 +1,83 @@
-"""Command line: `searchlab [hydra overrides]`, e.g. `searchlab dataset=csv dataset.path=x.csv`."""
+"""Command line: `searchlab [hydra overrides]`, e.g. `searchlab dataset=csv dataset.path=x.csv`.
+
+`searchlab -m seed=1,2,3` (Hydra multirun) runs one search per job and ends with a sweep table.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 from typing import Any, NoReturn
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from searchlab.config import CONF_DIR, from_dictconfig, register_schemas
-from searchlab.errors import SearchlabError
+from searchlab.errors import SearchInterrupted, SearchlabError
 
 register_schemas()
-
-
-def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt(f"signal {signum}")
+_failed_jobs: list[str] = []
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> dict[str, Any]:
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = from_dictconfig(cfg)
         from searchlab import pipeline  # TensorFlow loads here, after the config is known to be valid
 
+        if config.resume:
+            config = pipeline.resumed_config(config)
         result = pipeline.run(config)
+    except SearchInterrupted as exc:
+        print(f"searchlab: {exc}", file=sys.stderr)
+        sys.exit(130)
     except SearchlabError as exc:
         print(f"searchlab: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("searchlab: interrupted; the open MLflow runs were ended as KILLED.", file=sys.stderr)
+        if not sweeping:
+            sys.exit(2)
+        _failed_jobs.append(str(exc))
+        return {"error": str(exc)}
+    except KeyboardInterrupt:  # before any run was opened
+        print("searchlab: interrupted.", file=sys.stderr)
         sys.exit(130)
     print()
     print(result.summary())
     print(f"\nMLflow: run `make ui`, then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}"
           f"/runs/{result.run_id}")
+    metric = result.scoring.display_name
+    return {"dataset": result.data.name, "seed": config.seed, "run_id": result.run_id,
+            f"test_{metric}": result.final.test_metrics[metric], "wall_time_s": round(result.wall_time, 1)}
+
+
+class SweepSummary(Callback):
+    """Prints one line per job at the end of a Hydra multirun."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, Any]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        overrides = " ".join(job_return.overrides or []) or "(defaults)"
+        try:
+            value = job_return.return_value
+        except Exception as exc:  # the job raised: Hydra re-raises it on access
+            value = {"error": f"{type(exc).__name__}: {exc}"}
+        self.rows.append((overrides, value))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(f"\nsearchlab sweep: {len(self.rows)} jobs")
+        for overrides, value in self.rows:
+            shown = ", ".join(f"{k}={v}" for k, v in (value or {}).items())
+            print(f"  {overrides}: {shown}")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _silence_native_stderr() -> None:
@@ -52,10 +93,14 @@ def _silence_native_stderr() -> None:
 
 def main() -> None:
     """Console entry point."""
-    if not any(arg.startswith("verbose=2") for arg in sys.argv[1:]):
+    if not any(arg.startswith("verbose=2") for arg in sys.argv[1:]):  # verbose=2 shows everything
         _silence_native_stderr()
+        for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends runs as KILLED, like Ctrl-C
     _main()
+    if _failed_jobs:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from scikeras.wrappers import KerasClassifier, KerasRegressor
@@ -147,12 +149,15 @@ def run_coarse(
     scoring: Scoring,
     seed: int,
     on_trial: Callable[[CoarseTrial], None] = lambda trial: None,
+    done: Mapping[int, CoarseTrial] | None = None,
 ) -> CoarseResult:
     """Cross-validate `settings.n_iter` random candidates from `space`.
 
     Hyperparameters outside `space` keep their `defaults`. `on_trial` is called with each
-    finished candidate, in candidate order.
+    newly finished candidate, in candidate order. Candidates in `done` (by number, e.g. read
+    back from the store when resuming) are reused, not trained again.
     """
+    done = dict(done or {})
     random_state = seed if settings.random_state is None else settings.random_state
     cv = make_cv(data, settings.cv, seed)
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir:
@@ -167,7 +172,7 @@ def run_coarse(
             refit=False,
             error_score=np.nan,
         )
-        trials: list[CoarseTrial] = []
+        trials: list[CoarseTrial] = list(done.values())
 
         candidate_key = _net_prefix(data) + "model__candidate"
         fold_keys = [_fold_key(data.X_train[test]) for _, test in cv.split(data.X_train, data.y_train)]
@@ -183,9 +188,39 @@ def run_coarse(
 
         search.report = report
         search.candidate_key = candidate_key
-        search.batch_size = max(1, settings.n_jobs if settings.n_jobs > 0 else 2)
-        search.fit(data.X_train, data.y_train)
-    return CoarseResult(tuple(trials), dict(space), scoring)
+        search.skip = set(done)
+        workers = _workers(settings.n_jobs)
+        search.batch_size = workers
+        if len(done) < settings.n_iter:
+            with _threads_per_worker(workers):
+                search.fit(data.X_train, data.y_train)
+    return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), scoring)
+
+
+def _workers(n_jobs: int) -> int:
+    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+
+
+@contextmanager
+def _threads_per_worker(workers: int) -> Iterator[None]:
+    """Size TensorFlow's thread pools in joblib's worker processes so they share the cores.
+
+    Workers inherit the environment when they start; TensorFlow reads these variables then.
+    """
+    if workers == 1:
+        yield
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    saved = {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=threads)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _StreamingSearch(RandomizedSearchCV):
@@ -194,11 +229,20 @@ class _StreamingSearch(RandomizedSearchCV):
     report: Callable[[list[dict[str, Any]], dict[str, Any], float], None]
     batch_size: int = 1
     candidate_key: str = "net__model__candidate"
+    skip: set[int] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # scikit-learn sends the search itself to the workers (as `caller`); the report callback
+        # holds the terminal and the tracker, which neither can nor need travel.
+        state = dict(super().__getstate__())
+        state.pop("report", None)
+        return state
 
     def _run_search(self, evaluate_candidates: Callable[[Iterable[dict[str, Any]]], dict[str, Any]]) -> None:
         sampled = ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state)
         # The candidate number travels with the parameters so each fold's curves can be matched to it.
-        candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)]
+        candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)
+                      if number not in self.skip]
         for start in range(0, len(candidates), self.batch_size):
             batch = candidates[start:start + self.batch_size]
             started = time.time()

@@ -61,7 +61,7 @@ class ModelConfig:
     optimizer: str = "adam"
     activation: str = "relu"
     batch_size: int = 64
-    epochs: int = 100
+    epochs: int = 50
     patience: int = 5
     validation_fraction: float = 0.1
     steps_per_execution: int = 16
@@ -72,6 +72,8 @@ class ModelConfig:
 
 @dataclass
 class ParamSpec:
+    """One entry of `search.coarse.space`: `{type: int|float, low, high, log}` or `{type: choice, values}`."""
+
     type: str = MISSING
     low: Optional[float] = None
     high: Optional[float] = None
@@ -84,9 +86,10 @@ class CoarseConfig:
     n_iter: int = 20
     cv: int = 3
     scoring: Optional[str] = None
-    n_jobs: int = 1
+    n_jobs: int = -1
     random_state: Optional[int] = None
-    space: Dict[str, ParamSpec] = field(default_factory=dict)
+    # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
+    space: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,12 +116,14 @@ class TrackingConfig:
     uri: Optional[str] = None
     experiment: str = "searchlab"
     log_model: bool = True
+    register_as: Optional[str] = None
 
 
 @dataclass
 class Config:
     seed: int = 0
     verbose: int = 1
+    resume: Optional[str] = None  # `last` or a search run id
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -140,6 +145,14 @@ def register_schemas() -> None:
 def from_dictconfig(cfg: DictConfig) -> Config:
     """Turn Hydra's composed config into a validated `Config`; raises `ConfigError`."""
     config = OmegaConf.to_object(cfg)
+    assert isinstance(config, Config)
+    return config
+
+
+def config_from_yaml(text: str) -> Config:
+    """A validated `Config` from a resolved `config.yaml` (as logged with every search)."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
+    config = OmegaConf.to_object(merged)
     assert isinstance(config, Config)
     return config
 
@@ -226,10 +239,14 @@ def _validate_fine(f: FineConfig) -> None:
     _check_range("search.fine.hyperband_iterations", f.hyperband_iterations, 1)
 
 
-def _to_param(name: str, spec: ParamSpec) -> Param:
+def _to_param(name: str, entry: Any) -> Param:
     key = f"search.coarse.space.{name}"
     if name not in HYPERPARAMETERS:
         _fail(key, name, "named after a hyperparameter: " + ", ".join(HYPERPARAMETERS))
+    fields = ParamSpec.__dataclass_fields__
+    if not isinstance(entry, dict) or "type" not in entry or set(entry) - set(fields):
+        _fail(key, entry, "a mapping with `type` and only the keys " + ", ".join(fields))
+    spec = ParamSpec(**entry)
     if spec.type == "choice":
         if not spec.values:
             _fail(f"{key}.values", spec.values, "a non-empty list of choices")

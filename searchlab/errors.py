@@ -21,3 +21,12 @@ class DataError(SearchlabError):
 
 class StageFailedError(SearchlabError):
     """Every trial of a search stage failed, so the search cannot go on."""
+
+
+class SearchInterrupted(SearchlabError):
+    """Ctrl-C or SIGTERM stopped a search; its open runs were ended KILLED and it can be resumed."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"interrupted; the open MLflow runs were ended as KILLED. Resume with "
+                         f"`searchlab resume={run_id}` (or `resume=last`).")
+        self.run_id = run_id

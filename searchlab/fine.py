@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import keras
 import keras_tuner as kt
@@ -77,16 +77,19 @@ def run_fine(
     workdir: Path,
     verbose: int = 0,
     on_trial: Callable[[FineTrial], None] = lambda trial: None,
-    overwrite: bool = True,
+    done: Mapping[str, FineTrial] | None = None,
 ) -> FineResult:
     """Search `space` with KerasTuner, then train the coarse winner under the same protocol.
 
     Args:
         defaults: values for hyperparameters neither tuned nor fixed by `space`.
         coarse_best: the coarse winner's sampled values.
-        workdir: KerasTuner's project directory (kept for resuming).
-        on_trial: called with each finished trial, the coarse winner last.
+        workdir: KerasTuner's project directory; an existing one is resumed (KerasTuner reloads
+            its finished trials and retries the one that was running).
+        on_trial: called with each newly finished trial, the coarse winner last.
+        done: trials already recorded (by trial id), reused rather than reported again.
     """
+    done = dict(done or {})
     X_fit, X_val, y_fit, y_val = validation_split(data, settings.validation_fraction, seed)
     scalers = Scalers.fit(X_fit, y_fit, data.task)
     X_fit, y_fit = scalers.transform(X_fit, y_fit)
@@ -96,23 +99,26 @@ def run_fine(
     objective = kt.Objective("val_" + scoring.keras_name, scoring.direction)
     common = dict(objective=objective, seed=seed, max_consecutive_failed_trials=10**9,
                   executions_per_trial=settings.executions_per_trial, directory=str(workdir),
-                  project_name="fine", overwrite=overwrite)
+                  project_name="fine", overwrite=not (workdir / "fine" / "oracle.json").exists())
     tuner: kt.Tuner
     if settings.kind == "hyperband":
         tuner = _TrackedHyperband(hypermodel, max_epochs=settings.max_epochs, factor=settings.factor,
                                   hyperband_iterations=settings.hyperband_iterations, **common)
     else:
         tuner = _TrackedGridSearch(hypermodel, **common)
-    tuner.setup_tracking(scoring, on_trial)
+    tuner.setup_tracking(scoring, on_trial, done)
     fit_data = dict(x=X_fit, y=y_fit, validation_data=(X_val, y_val), callbacks=training_callbacks(model_settings))
     tuner.search(**fit_data, verbose=0)
 
-    winner_values = {**defaults, **coarse_best}
-    if settings.kind == "hyperband":
-        winner_values["epochs"] = settings.max_epochs
-    winner = tuner.train_fixed(COARSE_WINNER, winner_values, fit_data)
-    on_trial(winner)
-    return FineResult(tuple(tuner.finished), winner)
+    winner = done.get(COARSE_WINNER)
+    if winner is None:
+        winner_values = {**defaults, **coarse_best}
+        if settings.kind == "hyperband":
+            winner_values["epochs"] = settings.max_epochs
+        winner = tuner.train_fixed(COARSE_WINNER, winner_values, fit_data)
+        on_trial(winner)
+    trials = sorted(tuner.finished.values(), key=lambda t: t.trial_id)
+    return FineResult(tuple(trials), winner)
 
 
 class _MLPHyperModel(kt.HyperModel):
@@ -169,9 +175,10 @@ class _TrackingMixin:
     hypermodel: _MLPHyperModel
     executions_per_trial: int
 
-    def setup_tracking(self, scoring: Scoring, on_trial: Callable[[FineTrial], None]) -> None:
+    def setup_tracking(self, scoring: Scoring, on_trial: Callable[[FineTrial], None],
+                       done: dict[str, FineTrial]) -> None:
         self.scoring, self.on_trial_done = scoring, on_trial
-        self.finished: list[FineTrial] = []
+        self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
         self._epochs: list[dict[str, float]] = []
         self._started = 0.0
 
@@ -184,15 +191,18 @@ class _TrackingMixin:
         self._epochs.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        # Report before KerasTuner saves the trial as ended: if the search stops in between, the
+        # resumed tuner retries the trial and the duplicate is dropped here (already finished).
+        if trial.trial_id not in self.finished:
+            values = self.hypermodel.values(trial.hyperparameters.copy())
+            tuned = {name: values[name] for name in self.hypermodel.space.tuned}
+            error = None
+            if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
+                error = _last_line(trial.message) or f"trial ended {trial.status}"
+            record = self._record(trial.trial_id, values, tuned, error)
+            self.finished[trial.trial_id] = record
+            self.on_trial_done(record)
         super().on_trial_end(trial)  # type: ignore[misc]
-        values = self.hypermodel.values(trial.hyperparameters.copy())
-        tuned = {name: values[name] for name in self.hypermodel.space.tuned}
-        error = None
-        if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
-            error = _last_line(trial.message) or f"trial ended {trial.status}"
-        record = self._record(trial.trial_id, values, tuned, error)
-        self.finished.append(record)
-        self.on_trial_done(record)
 
     def train_fixed(self, trial_id: str, values: dict[str, Any], fit_data: dict[str, Any]) -> FineTrial:
         """Train fixed hyperparameter values under the trials' protocol (data, callbacks, executions)."""

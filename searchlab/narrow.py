@@ -85,8 +85,8 @@ def narrow(
     ok = np.isfinite(scores)
     if not ok.any():
         raise ValueError("every coarse candidate failed; there is nothing to narrow from")
-    filled = np.where(ok, scores, scores[ok].min())
-    order = np.argsort(-filled, kind="stable")
+    filled = np.where(ok, scores, scores[ok].min())  # for influence: failing is as bad as the worst success
+    order = np.argsort(-np.where(ok, scores, -np.inf), kind="stable")  # failures rank below every success
     n_top = min(int(ok.sum()), max(_MIN_TOP, math.ceil(top_fraction * ok.sum())))
     top = [trials[i][0] for i in order[:n_top]]
     best = trials[int(order[0])][0]
@@ -139,14 +139,17 @@ def _narrow_param(param: Param, top_values: list[Any]) -> Param:
     margin = _MARGIN * (hi_bound - lo_bound)
     low = backward(max(lo_bound, min(values) - margin))
     high = backward(min(hi_bound, max(values) + margin))
-    low, high = max(param.low, low), min(param.high, high)  # exp(log(x)) may stray by an ulp
+    # exp(log(x)) may stray by an ulp: stay inside the original bounds and around the top values
+    top = [float(v) for v in top_values]
+    low = min(max(param.low, low), min(top))
+    high = max(min(param.high, high), max(top))
     if param.kind == "int":
         low, high = math.ceil(low - 1e-9), math.floor(high + 1e-9)
     return Param(param.name, param.kind, float(low), float(high), param.log)
 
 
 def _degenerate(param: Param) -> bool:
-    return len(param.values) < 2 if param.kind == "choice" else param.low == param.high
+    return len(param.values) < 2 if param.kind == "choice" else param.low >= param.high
 
 
 def _range(param: Param) -> str:

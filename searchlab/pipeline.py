@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +12,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
-from searchlab.config import Config
+from searchlab.config import Config, config_from_yaml
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
-from searchlab.errors import StageFailedError
+from searchlab.errors import SearchInterrupted, StageFailedError
 from searchlab.final import FinalResult, best_epoch_count, refit_and_test
 from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.narrow import FineSpace, narrow
 from searchlab.progress import StageProgress, format_duration, format_params
+from searchlab.resume import CANDIDATE_TAG, TRIAL_ID_TAG, Progress, read_progress
 from searchlab.space import space_as_dict
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, redact
 
@@ -39,6 +39,7 @@ class SearchResult:
     chosen_from: str
     model_uri: str | None
     wall_time: float
+    registry: str | None = None
 
     def summary(self) -> str:
         """Markdown summary: printed at the end and shown as the parent run's description."""
@@ -60,6 +61,7 @@ class SearchResult:
                 f"{k} {v:.4f} (baseline {self.final.baseline_metrics[k]:.4f})"
                 for k, v in self.final.test_metrics.items()),
             f"- **Wall time:** {format_duration(self.wall_time)}",
+            *([f"- **Registry:** {self.registry}"] if self.registry else []),
             "",
             "### Narrowing",
             "",
@@ -69,11 +71,12 @@ class SearchResult:
 
 
 def run(config: Config) -> SearchResult:
-    """Run a whole search as configured and record it in MLflow.
+    """Run a whole search as configured (or resume `config.resume`) and record it in MLflow.
 
     Raises:
         ConfigError, DataError: before any MLflow run is created.
         StageFailedError: every trial of a stage failed (the search run ends FAILED).
+        SearchInterrupted: Ctrl-C or SIGTERM; every open run was ended KILLED.
     """
     started = time.time()
     data = load_dataset(config.dataset, config.seed)
@@ -82,71 +85,110 @@ def run(config: Config) -> SearchResult:
     space = config.coarse_space()
     defaults = config.model.hyperparameters()
     say = print if config.verbose >= 1 else (lambda *a, **k: None)
-    say(f"searchlab: {data.describe()}; scoring {scoring.name}")
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    parent = tracker.start_run(f"search {data.name}", {RUN_TAG: "search", "searchlab.dataset": data.name})
-    workdir = Path(tempfile.mkdtemp(prefix="searchlab-tuner-"))
+    if config.resume:
+        parent = tracker.find_search(config.resume)
+        tracker.reopen(parent)
+        done = read_progress(tracker, parent, space)
+        say(f"searchlab: resuming search {parent}: {len(done.coarse)} coarse candidates and "
+            f"{len(done.fine)} fine trials already done")
+    else:
+        parent = tracker.start_run(f"search {data.name}", {RUN_TAG: "search", "searchlab.dataset": data.name})
+        done = Progress()
+    say(f"searchlab: {data.describe()}; scoring {scoring.name}")
+    workdir = tracker.work_dir(parent)
     try:
-        resolved = dataclasses.asdict(config)
-        tracker.log(parent, params=flatten(resolved), tags={"searchlab.task": data.task})
-        tracker.log_text(parent, redact(OmegaConf.to_yaml(OmegaConf.create(resolved))), "config.yaml")
+        if not config.resume:
+            resolved = dataclasses.asdict(config)
+            tracker.log(parent, params=flatten(resolved), tags={"searchlab.task": data.task})
+            tracker.log_text(parent, redact(OmegaConf.to_yaml(OmegaConf.create(resolved))), "config.yaml")
 
-        coarse = _coarse_stage(tracker, parent, data, config, scoring, defaults)
+        coarse = _coarse_stage(tracker, parent, data, config, scoring, defaults, done)
         fine_space = narrow([(t.params, t.mean_score) for t in coarse.trials], space,
                             config.search.fine.max_params, config.search.fine.top_fraction)
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
         say("\n" + fine_space.account() + "\n")
 
-        fine = _fine_stage(tracker, parent, data, config, scoring, defaults, coarse.best, fine_space, workdir)
+        fine, fine_run_ids = _fine_stage(tracker, parent, data, config, scoring, defaults, coarse.best, fine_space,
+                                         workdir, done)
         best = fine.best
+        tracker.log(fine_run_ids[best.trial_id], tags={"searchlab.winner": "true"})
         epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"])
         say(f"final: refitting the best configuration on all training rows for {epochs} epochs")
         final = refit_and_test(data, best.params, epochs, config.model, config.seed, config.verbose)
-        model_uri = tracker.log_model(parent, final.model, data.X_train[:5]) if config.tracking.log_model else None
-
-        chosen_from = "the coarse winner" if best.trial_id == COARSE_WINNER else f"fine trial {best.trial_id}"
-        result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
-                              final, chosen_from, model_uri, time.time() - started)
-        tracker.log(
-            parent,
-            params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": epochs},
-            metrics={**{f"test_{k}": v for k, v in final.test_metrics.items()},
-                     **{f"baseline_test_{k}": v for k, v in final.baseline_metrics.items()},
-                     "coarse_best_score": coarse.best.mean_score, "fine_best_score": best.score,
-                     "wall_time_s": result.wall_time},
-            tags={"mlflow.note.content": result.summary()},
-        )
+        result = _finish(tracker, parent, config, data, scoring, coarse, fine_space, fine, final, started)
         tracker.end_run(parent)
+        shutil.rmtree(workdir, ignore_errors=True)
         return result
     except KeyboardInterrupt:
         tracker.end_all("KILLED")
-        raise
+        raise SearchInterrupted(parent) from None
     except BaseException:
         tracker.end_all("FAILED")
         raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def resumed_config(config: Config) -> Config:
+    """The configuration the search named by `config.resume` started with (its `config.yaml`)."""
+    assert config.resume
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    run_id = tracker.find_search(config.resume)
+    stored = config_from_yaml(tracker.read_text(run_id, "config.yaml"))
+    return dataclasses.replace(stored, resume=run_id, verbose=config.verbose, tracking=config.tracking)
+
+
+def _finish(tracker: Tracker, parent: str, config: Config, data: Dataset, scoring: Scoring, coarse: CoarseResult,
+            fine_space: FineSpace, fine: FineResult, final: FinalResult, started: float) -> SearchResult:
+    """Log the final model, test metrics, registry decision and summary on the search run."""
+    best = fine.best
+    model_uri = tracker.log_model(parent, final.model, data.X_train[:5]) if config.tracking.log_model else None
+    tracker.log(
+        parent,
+        params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": final.epochs},
+        metrics={**{f"test_{k}": v for k, v in final.test_metrics.items()},
+                 **{f"baseline_test_{k}": v for k, v in final.baseline_metrics.items()},
+                 "coarse_best_score": coarse.best.mean_score, "fine_best_score": best.score,
+                 "wall_time_s": time.time() - started},
+    )
+    registry = None
+    if config.tracking.register_as and model_uri:
+        registry = tracker.register(model_uri, config.tracking.register_as, parent,
+                                    f"test_{scoring.display_name}", not scoring.negated)
+    chosen_from = "the coarse winner" if best.trial_id == COARSE_WINNER else f"fine trial {best.trial_id}"
+    result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
+                          final, chosen_from, model_uri, time.time() - started, registry)
+    tracker.log(parent, tags={"mlflow.note.content": result.summary()})
+    return result
+
+
+def _stage_run(tracker: Tracker, parent: str, stage: str, done: Progress) -> str:
+    if stage in done.stage_runs:
+        tracker.reopen(done.stage_runs[stage])
+        return done.stage_runs[stage]
+    return tracker.start_run(stage, {RUN_TAG: "stage", STAGE_TAG: stage}, parent=parent)
 
 
 def _coarse_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, scoring: Scoring,
-                  defaults: dict[str, Any]) -> CoarseResult:
+                  defaults: dict[str, Any], done: Progress) -> CoarseResult:
     space = config.coarse_space()
-    stage_run = tracker.start_run("coarse", {RUN_TAG: "stage", STAGE_TAG: "coarse"}, parent=parent)
+    stage_run = _stage_run(tracker, parent, "coarse", done)
     tracker.log_dict(stage_run, space_as_dict(space), "space.json")
-    progress = StageProgress("coarse", config.search.coarse.n_iter, scoring.display_name, config.verbose)
+    progress = StageProgress("coarse", config.search.coarse.n_iter - len(done.coarse), scoring.display_name,
+                             config.verbose)
 
     def on_trial(trial: CoarseTrial) -> None:
         metrics = {"cv_score_mean": trial.mean_score, "cv_score_std": trial.std_score,
                    f"cv_{scoring.display_name}": scoring.to_metric(trial.mean_score),
                    **{f"cv_score_fold_{k}": s for k, s in enumerate(trial.fold_scores)}}
-        tracker.log_trial(stage_run, f"coarse-{trial.number:03d} {format_params(trial.params)}",
-                          {RUN_TAG: "trial", STAGE_TAG: "coarse"}, trial.params, metrics, trial.curves,
-                          trial.start_time, trial.end_time, trial.error)
+        tags = {RUN_TAG: "trial", STAGE_TAG: "coarse", CANDIDATE_TAG: str(trial.number)}
+        tracker.log_trial(stage_run, f"coarse-{trial.number:03d} {format_params(trial.params)}", tags,
+                          trial.params, metrics, trial.curves, trial.start_time, trial.end_time, trial.error)
         progress.trial(scoring.to_metric(trial.mean_score), trial.params, scoring.negated, trial.error,
                        label=f"#{trial.number:03d}")
 
-    coarse = run_coarse(data, space, defaults, config.search.coarse, config.model, scoring, config.seed, on_trial)
+    coarse = run_coarse(data, space, defaults, config.search.coarse, config.model, scoring, config.seed, on_trial,
+                        done.coarse)
     if not coarse.completed:
         raise StageFailedError(f"all {len(coarse.trials)} coarse candidates failed; see the FAILED trial runs' "
                                "searchlab.error tags. Narrow the ranges (e.g. lower learning_rate) and retry.")
@@ -155,9 +197,10 @@ def _coarse_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, 
 
 
 def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, scoring: Scoring,
-                defaults: dict[str, Any], coarse_best: CoarseTrial, fine_space: FineSpace, workdir: Path) -> FineResult:
+                defaults: dict[str, Any], coarse_best: CoarseTrial, fine_space: FineSpace,
+                workdir: Path, done: Progress) -> tuple[FineResult, dict[str, str]]:
     settings = config.search.fine
-    stage_run = tracker.start_run("fine", {RUN_TAG: "stage", STAGE_TAG: "fine"}, parent=parent)
+    stage_run = _stage_run(tracker, parent, "fine", done)
     tracker.log_dict(stage_run, {"tuned": space_as_dict(fine_space.tuned), "fixed": fine_space.fixed,
                                  "kind": settings.kind}, "space.json")
     total = None
@@ -166,28 +209,27 @@ def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, sc
         for param in fine_space.tuned.values():
             total *= len(param.grid(settings.points))
         total += 1  # the coarse winner
-    progress = StageProgress("fine", total, scoring.display_name, config.verbose)
-    count = 0
+    progress = StageProgress("fine", total and total - len(done.fine), scoring.display_name, config.verbose)
+    run_ids = {trial_id: run_id for trial_id, (_, run_id) in done.fine.items()}
 
     def on_trial(trial: FineTrial) -> None:
-        nonlocal count
-        label = COARSE_WINNER if trial.trial_id == COARSE_WINNER else f"fine-{count:03d}"
+        label = COARSE_WINNER if trial.trial_id == COARSE_WINNER else f"fine-{trial.trial_id}"
         shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
         metrics = {"val_score": trial.score, f"val_best_{scoring.display_name}": scoring.to_metric(trial.score)}
-        tags = {RUN_TAG: "trial", STAGE_TAG: "fine", "searchlab.trial_id": trial.trial_id}
-        tracker.log_trial(stage_run, f"{label} {format_params(shown)}", tags, trial.params, metrics, trial.curves,
-                          trial.start_time, trial.end_time, trial.error, first_step=trial.first_epoch)
+        tags = {RUN_TAG: "trial", STAGE_TAG: "fine", TRIAL_ID_TAG: trial.trial_id, "searchlab.tuned": ",".join(trial.tuned)}
+        run_ids[trial.trial_id] = tracker.log_trial(
+            stage_run, f"{label} {format_params(shown)}", tags, trial.params, metrics, trial.curves,
+            trial.start_time, trial.end_time, trial.error, first_step=trial.first_epoch)
         progress.trial(scoring.to_metric(trial.score), shown, scoring.negated, trial.error, label=label)
-        count += trial.trial_id != COARSE_WINNER
 
     fine = run_fine(data, fine_space, defaults, coarse_best.params, settings, config.model, scoring, config.seed,
-                    workdir, config.verbose, on_trial)
+                    workdir, config.verbose, on_trial, {trial_id: trial for trial_id, (trial, _) in done.fine.items()})
     ok = [t for t in (*fine.trials, fine.coarse_winner) if t.ok]
     if not ok:
         raise StageFailedError(f"all {len(fine.trials) + 1} fine trials failed; see the FAILED trial runs' "
                                "searchlab.error tags.")
     _end_stage(tracker, stage_run, scoring, fine.best.score, len(fine.trials) + 1, len(ok))
-    return fine
+    return fine, run_ids
 
 
 def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, best_score: float, n: int, n_ok: int) -> None:

@@ -46,7 +46,8 @@ def allowed(name: str) -> str:
         return "one of " + ", ".join(_CHOICES[name])
     kind, low, inclusive, high = _NUMERIC_LIMITS[name]
     lower = f"{'>=' if inclusive else '>'} {low:g}"
-    return f"an {kind} {lower}" + (f" and < {high:g}" if high is not None else "")
+    article = "an" if kind == "int" else "a"
+    return f"{article} {kind} {lower}" + (f" and < {high:g}" if high is not None else "")
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -57,12 +58,20 @@ def check_value(name: str, value: Any) -> str | None:
         return None if value in _CHOICES[name] else f"must be {allowed(name)}, got {value!r}"
     kind, low, inclusive, high = _NUMERIC_LIMITS[name]
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not numeric or (kind == "int" and float(value) != int(value)) or not math.isfinite(value):
+    if not numeric or not math.isfinite(value) or (kind == "int" and float(value) != int(value)):
         return f"must be {allowed(name)}, got {value!r}"
     too_low = value < low if inclusive else value <= low
     if too_low or (high is not None and value >= high):
         return f"must be {allowed(name)}, got {value!r}"
     return None
+
+
+def parse_value(name: str, text: str) -> Any:
+    """A hyperparameter value from its text form (as MLflow stores params)."""
+    if name in _CHOICES:
+        return text
+    kind = _NUMERIC_LIMITS[name][0]
+    return int(float(text)) if kind == "int" else float(text)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,6 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from searchlab.config import PROJECT_ROOT
+from searchlab.errors import ConfigError
 
 RUN_TAG = "searchlab.run"
 STAGE_TAG = "searchlab.stage"
@@ -56,6 +58,21 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+@dataclass(frozen=True)
+class StoredRun:
+    """A run read back from the store (to resume a search)."""
+
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+    first_step: int
+    start_time: float
+    end_time: float
+
+
 class Tracker:
     """Writes a search's run tree to one MLflow experiment."""
 
@@ -64,6 +81,7 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = experiment
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
@@ -122,6 +140,64 @@ class Tracker:
         self.client.set_terminated(run_id, status="FAILED" if error else "FINISHED", end_time=stamp)
         return run_id
 
+    # -- reading back, to resume ----------------------------------------------------------
+
+    def find_search(self, which: str) -> str:
+        """The run id of the search to resume: `last` (newest unfinished search) or a run id.
+
+        Raises:
+            ConfigError: no such search, or it already finished.
+        """
+        if which == "last":
+            runs = self.client.search_runs([self.experiment_id], f"tags.`{RUN_TAG}` = 'search'",
+                                           order_by=["attributes.start_time DESC"], max_results=1)
+            if not runs:
+                raise ConfigError(f"resume=last: experiment {self.experiment!r} has no search to resume.")
+            run = runs[0]
+        else:
+            try:
+                run = self.client.get_run(which)
+            except mlflow.exceptions.MlflowException:
+                raise ConfigError(f"resume={which!r} is not a run in {redact(self.uri)}.") from None
+            if run.data.tags.get(RUN_TAG) != "search" or run.info.experiment_id != self.experiment_id:
+                raise ConfigError(f"resume={which!r} is not a searchlab search run of experiment "
+                                  f"{self.experiment!r}.")
+        if run.info.status == "FINISHED":
+            raise ConfigError(f"resume: search {run.info.run_id} already finished; nothing to resume.")
+        return str(run.info.run_id)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an interrupted run RUNNING again; it is tracked in `open_runs`."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.open_runs.append(run_id)
+
+    def children(self, parent: str) -> list[StoredRun]:
+        """Every run directly under `parent`, with its curves, oldest first."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
+                                       order_by=["attributes.start_time ASC"], max_results=50000)
+        stored = []
+        for run in runs:
+            curves, first_step = {}, 0
+            for key in run.data.metrics:
+                history = sorted(self.client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+                if len(history) > 1 or (history and history[0].step > 0):
+                    curves[key] = [m.value for m in history]
+                    first_step = history[0].step
+            stored.append(StoredRun(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params),
+                                    dict(run.data.metrics), curves, first_step,
+                                    (run.info.start_time or 0) / 1000, (run.info.end_time or 0) / 1000))
+        return stored
+
+    def read_text(self, run_id: str, path: str) -> str:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=self.uri)
+        return Path(local).read_text()
+
+    def work_dir(self, run_id: str) -> Path:
+        """A folder that outlives an interrupted search (KerasTuner's state), beside a SQLite store."""
+        if self.uri.startswith("sqlite:///"):
+            return Path(self.uri.removeprefix("sqlite:///")).parent / "tuner" / run_id
+        return Path.home() / ".cache" / "searchlab" / "tuner" / run_id
+
     # -- values -----------------------------------------------------------------------------
 
     def log(self, run_id: str, params: Mapping[str, Any] | None = None,
@@ -162,6 +238,28 @@ class Tracker:
         # `start_run` as a context manager ends the run; the search ends it itself.
         self.client.update_run(run_id, status="RUNNING")
         return str(info.model_uri)
+
+    def register(self, model_uri: str, name: str, run_id: str, metric: str, higher_is_better: bool) -> str:
+        """Register `model_uri` as a new version of `name`; move alias `champion` to it only if its
+        `metric` (a parent-run metric such as test_accuracy) beats the current champion's.
+
+        Returns a sentence saying what happened.
+        """
+        version = mlflow.register_model(model_uri, name, tags={"searchlab.run_id": run_id}).version
+        new = self.client.get_run(run_id).data.metrics.get(metric)
+        try:
+            champion = self.client.get_model_version_by_alias(name, "champion")
+        except mlflow.exceptions.MlflowException:
+            champion = None
+        old = None
+        if champion is not None and champion.run_id:
+            old = self.client.get_run(champion.run_id).data.metrics.get(metric)
+        if champion is None or old is None or (new is not None and (new > old if higher_is_better else new < old)):
+            self.client.set_registered_model_alias(name, "champion", version)
+            before = "" if champion is None else f" (was version {champion.version}, {metric} {old})"
+            return f"registered {name} version {version}; it is now the champion{before}"
+        return (f"registered {name} version {version} ({metric} {new:.4g}); the champion stays version "
+                f"{champion.version} ({metric} {old:.4g})")
 
     def ui_url(self, run_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{run_id}"
