@@ -98,6 +98,7 @@ def main() -> None:
         for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends runs as KILLED, like Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     _main()
     if _failed_jobs:
         sys.exit(2)
