@@ -31,6 +31,10 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
         config = from_dictconfig(cfg)
         from searchlab import pipeline  # TensorFlow loads here, after the config is known to be valid
 
+        if config.verbose < 2:
+            for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
+                logging.getLogger(noisy).setLevel(logging.ERROR)
+
         if config.resume:
             config = pipeline.resumed_config(config)
         result = pipeline.run(config)
@@ -95,8 +99,6 @@ def main() -> None:
     """Console entry point."""
     if not any(arg.startswith("verbose=2") for arg in sys.argv[1:]):  # verbose=2 shows everything
         _silence_native_stderr()
-        for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends runs as KILLED, like Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     _main()

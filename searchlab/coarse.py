@@ -12,14 +12,17 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import keras
 import numpy as np
 from scikeras.wrappers import KerasClassifier, KerasRegressor
 from sklearn.compose import TransformedTargetRegressor
+from sklearn.exceptions import FitFailedWarning
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import KFold, ParameterSampler, RandomizedSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -73,7 +76,31 @@ class CoarseResult:
         return max(self.completed, key=lambda t: t.mean_score)
 
 
-class SearchlabClassifier(KerasClassifier):
+class _FailureNotes:
+    """For the SciKeras wrappers: a fit whose training loss turns NaN/inf fails, and any failed fit
+    leaves its reason in `model__record_dir` for the parent process (joblib workers cannot tell it)."""
+
+    def _build_keras_model(self) -> Any:
+        keras.backend.clear_session()  # drop earlier folds' graphs: memory stays flat with n_jobs=1
+        return super()._build_keras_model()  # type: ignore[misc]
+
+    def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
+        try:
+            super().fit(X, y, **kwargs)  # type: ignore[misc]
+            losses = self.history_.get("loss", [])  # type: ignore[attr-defined]
+            bad = [i for i, v in enumerate(losses) if not np.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"training loss became {losses[bad[0]]} at epoch {bad[0] + 1}")
+        except Exception as exc:
+            record_dir = getattr(self, "model__record_dir", None)
+            if record_dir:
+                note = Path(record_dir) / f"{getattr(self, 'model__candidate')}.error"
+                note.write_text(f"{type(exc).__name__}: {exc}".strip()[:2000])
+            raise
+        return self
+
+
+class SearchlabClassifier(_FailureNotes, KerasClassifier):
     """SciKeras' classifier with scikit-learn >= 1.6 tags.
 
     scikeras 0.13 only defines the old `_more_tags`, so `is_classifier` is False and
@@ -88,7 +115,7 @@ class SearchlabClassifier(KerasClassifier):
         return tags
 
 
-class SearchlabRegressor(KerasRegressor):
+class SearchlabRegressor(_FailureNotes, KerasRegressor):
     """SciKeras' regressor with scikit-learn >= 1.6 tags (see `SearchlabClassifier`)."""
 
     def __sklearn_tags__(self) -> Any:
@@ -110,6 +137,7 @@ def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfi
         model=_scikeras_model,
         model__task=data.task,
         model__candidate=-1,
+        model__record_dir=None,
         model__steps_per_execution=settings.steps_per_execution,
         **{f"model__{name}": defaults[name] for name in BUILD_PARAMS},
         batch_size=defaults["batch_size"],
@@ -177,9 +205,9 @@ def run_coarse(
         candidate_key = _net_prefix(data) + "model__candidate"
         fold_keys = [_fold_key(data.X_train[test]) for _, test in cv.split(data.X_train, data.y_train)]
 
-        def report(candidates: list[dict[str, Any]], results: dict[str, Any], started: float) -> None:
+        def report(candidates: list[dict[str, Any]], results: dict[str, Any] | None, started: float) -> None:
             for offset, candidate in enumerate(candidates):
-                row = len(results["params"]) - len(candidates) + offset
+                row = len(results["params"]) - len(candidates) + offset if results is not None else -1
                 number = candidate[candidate_key]
                 sampled = {key: value for key, value in candidate.items() if key != candidate_key}
                 trial = _make_trial(number, sampled, space, results, row, Path(history_dir), fold_keys, started)
@@ -191,9 +219,15 @@ def run_coarse(
         search.skip = set(done)
         workers = _workers(settings.n_jobs)
         search.batch_size = workers
+        search.estimator.set_params(**{_net_prefix(data) + "model__record_dir": history_dir})
         if len(done) < settings.n_iter:
-            with _threads_per_worker(workers):
-                search.fit(data.X_train, data.y_train)
+            with _threads_per_worker(workers), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
+                try:
+                    search.fit(data.X_train, data.y_train)
+                except IndexError:
+                    if any(t.ok for t in trials):
+                        raise  # scikit-learn trips on a search where no fit at all succeeded; anything else is a bug
     return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), scoring)
 
 
@@ -226,7 +260,7 @@ def _threads_per_worker(workers: int) -> Iterator[None]:
 class _StreamingSearch(RandomizedSearchCV):
     """`RandomizedSearchCV` that evaluates its candidates a batch at a time and reports each batch."""
 
-    report: Callable[[list[dict[str, Any]], dict[str, Any], float], None]
+    report: Callable[[list[dict[str, Any]], dict[str, Any] | None, float], None]
     batch_size: int = 1
     candidate_key: str = "net__model__candidate"
     skip: set[int] = set()
@@ -246,16 +280,17 @@ class _StreamingSearch(RandomizedSearchCV):
         for start in range(0, len(candidates), self.batch_size):
             batch = candidates[start:start + self.batch_size]
             started = time.time()
-            results = evaluate_candidates(batch)
+            try:
+                results: dict[str, Any] | None = evaluate_candidates(batch)
+            except ValueError as exc:
+                if "fits failed" not in str(exc):
+                    raise
+                results = None  # scikit-learn refuses a batch whose every fit failed; the search goes on
             self.report(batch, results, started)
 
 
 class _HistoryScorer:
-    """Scores a fitted fold, and leaves its training curves in `history_dir` for the parent process.
-
-    A fold whose training loss turned NaN/inf raises, so scikit-learn records the fold
-    as failed (`error_score`) instead of scoring a broken network.
-    """
+    """Scores a fitted fold, and leaves its training curves in `history_dir` for the parent process."""
 
     def __init__(self, scoring: str, history_dir: str) -> None:
         self.scorer = get_scorer(scoring)
@@ -264,16 +299,13 @@ class _HistoryScorer:
     def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
         net = _find_net(estimator)
         history = {k: [float(v) for v in values] for k, values in net.history_.items()}
-        bad = [i for i, v in enumerate(history.get("loss", [])) if not np.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"training loss became {history['loss'][bad[0]]} at epoch {bad[0] + 1}")
         path = Path(self.history_dir) / f"{net.get_params()['model__candidate']}-{_fold_key(X)}.json"
         path.write_text(json.dumps(history))
         return float(self.scorer(estimator, X, y))
 
 
 def _scikeras_model(meta: dict[str, Any], compile_kwargs: dict[str, Any], params: dict[str, Any],
-                    candidate: int, **hyperparameters: Any) -> Any:
+                    candidate: int, record_dir: str | None, **hyperparameters: Any) -> Any:
     n_classes = meta.get("n_classes_") or 0
     return build_model(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
 
@@ -288,14 +320,20 @@ def _fold_key(X: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
 
 
-def _make_trial(number: int, candidate: dict[str, Any], space: Space, results: dict[str, Any], row: int,
+def _make_trial(number: int, candidate: dict[str, Any], space: Space, results: dict[str, Any] | None, row: int,
                 history_dir: Path, fold_keys: list[str], started: float) -> CoarseTrial:
     params = {name: space[name].cast(value) for key, value in candidate.items()
               for name in [key.rsplit("__", 1)[-1]]}
-    scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
+    if results is None:  # every fit of its batch failed
+        scores = tuple(float("nan") for _ in fold_keys)
+    else:
+        scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
     paths = [history_dir / f"{number}-{fold}.json" for fold in fold_keys]
     histories = [json.loads(path.read_text()) for path in paths if path.exists()]
-    error = None if all(np.isfinite(scores)) else "fit or scoring failed on a fold (non-finite loss or an error)"
+    error = None
+    if not all(np.isfinite(scores)):
+        note = history_dir / f"{number}.error"
+        error = note.read_text() if note.exists() else "a fold's fit or scoring failed"
     return CoarseTrial(number, params, scores, _mean_curves(histories), error, started, time.time())
 
 

@@ -116,11 +116,20 @@ def split_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[
     return build, fit
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training as soon as a batch's loss is NaN/inf (Keras' TerminateOnNaN, without printing)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.model.stop_training = True
+
+
 def training_callbacks(settings: ModelConfig) -> list[keras.callbacks.Callback]:
-    """Early stopping on validation loss, and an immediate stop when the loss turns NaN."""
+    """Early stopping on validation loss, and an immediate stop when the loss turns NaN/inf."""
     return [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True),
-        keras.callbacks.TerminateOnNaN(),
+        StopOnNonFiniteLoss(),
     ]
 
 
