@@ -28,6 +28,7 @@ class FinalResult:
     baseline_metrics: dict[str, float]
     history: dict[str, list[float]]
     model: Any  # keras.Model on raw features, predicting in target units / class probabilities
+    test_prediction: np.ndarray  # class probabilities (classification) or predicted values on the test split
 
 
 def best_epoch_count(curves: dict[str, list[float]], fallback: int) -> int:
@@ -48,14 +49,15 @@ def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings:
     history = net.fit(X, y, batch_size=fit["batch_size"], epochs=epochs, verbose=2 if verbose >= 2 else 0,
                       callbacks=[StopOnNonFiniteLoss()])
     model = scalers.wrap(net)
-    test_metrics = evaluate_predictions(data.task, data.y_test, predict_scores(model, data.X_test, data.task))
+    prediction = predict_scores(model, data.X_test, data.task)
     return FinalResult(
         params=dict(params),
         epochs=epochs,
-        test_metrics=test_metrics,
+        test_metrics=evaluate_predictions(data.task, data.y_test, prediction),
         baseline_metrics=baseline_metrics(data),
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         model=model,
+        test_prediction=prediction,
     )
 
 

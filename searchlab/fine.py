@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import keras
 import keras_tuner as kt
+import keras_tuner.src.config as kt_config
 import numpy as np
 from sklearn.model_selection import train_test_split
 
@@ -90,6 +91,7 @@ def run_fine(
         done: trials already recorded (by trial id), reused rather than reported again.
     """
     done = dict(done or {})
+    kt_config.DEBUG = verbose >= 2  # KerasTuner prints every failed trial's traceback by default
     X_fit, X_val, y_fit, y_val = validation_split(data, settings.validation_fraction, seed)
     scalers = Scalers.fit(X_fit, y_fit, data.task)
     X_fit, y_fit = scalers.transform(X_fit, y_fit)

@@ -139,17 +139,19 @@ class Scalers:
 
     features: StandardScaler
     target: StandardScaler | None
+    binary: bool = False
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, task: str) -> Scalers:
         target = StandardScaler().fit(y.reshape(-1, 1)) if task == "regression" else None
-        return cls(StandardScaler().fit(X), target)
+        return cls(StandardScaler().fit(X), target, task == "binary")
 
-    def transform(self, X: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def transform(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled features, and targets shaped for `build_model`'s loss (one column for binary)."""
         Xs = self.features.transform(X).astype("float32")
-        if y is None or self.target is None:
-            return Xs, y
-        return Xs, self.target.transform(y.reshape(-1, 1)).ravel().astype("float32")
+        if self.target is not None:
+            return Xs, self.target.transform(y.reshape(-1, 1)).ravel().astype("float32")
+        return Xs, y.reshape(-1, 1).astype("float32") if self.binary else y
 
     @property
     def target_scale(self) -> float:

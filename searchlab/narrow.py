@@ -31,6 +31,7 @@ class Decision:
     original: Param
     narrowed: Param | None  # None when fixed
     fixed_value: Any = None
+    why_fixed: str = ""
 
     @property
     def kept(self) -> bool:
@@ -39,7 +40,7 @@ class Decision:
     def explain(self) -> str:
         share = f"explains {self.influence:.0%} of the score variance"
         if self.narrowed is None:
-            return f"{self.name}: {share}; fixed at {_fmt(self.fixed_value)} (best coarse value)"
+            return f"{self.name}: {share}; fixed at {_fmt(self.fixed_value)}, the best candidate's value ({self.why_fixed})"
         return f"{self.name}: {share}; kept, {_range(self.original)} -> {_range(self.narrowed)}"
 
 
@@ -102,7 +103,9 @@ def narrow(
             tuned[name] = narrowed
             decisions.append(Decision(name, influence[name], param, narrowed))
         else:
-            decisions.append(Decision(name, influence[name], param, None, param.cast(best[name])))
+            why = (f"the best {n_top} candidates agree on it" if _degenerate(narrowed)
+                   else f"only the {max_params} most influential are searched further")
+            decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]), why))
     fixed = {d.name: d.fixed_value for d in decisions if not d.kept}
     return FineSpace(tuned, fixed, tuple(decisions), len(trials), n_top, int((~ok).sum()))
 

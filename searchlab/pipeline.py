@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
 from searchlab.config import Config, config_from_yaml
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, StageFailedError
+from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, best_epoch_count, refit_and_test
 from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, run_fine
 from searchlab.metrics import Scoring, scoring_for
@@ -159,6 +162,9 @@ def _finish(tracker: Tracker, parent: str, config: Config, data: Dataset, scorin
     result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
                           final, chosen_from, model_uri, time.time() - started, registry)
     tracker.log(parent, tags={"mlflow.note.content": result.summary()})
+    with tempfile.TemporaryDirectory() as out:
+        search_plots(Path(out), data, scoring, coarse, fine_space, fine, final)
+        tracker.log_artifacts(parent, Path(out), "plots")
     return result
 
 
@@ -192,7 +198,7 @@ def _coarse_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, 
     if not coarse.completed:
         raise StageFailedError(f"all {len(coarse.trials)} coarse candidates failed; see the FAILED trial runs' "
                                "searchlab.error tags. Narrow the ranges (e.g. lower learning_rate) and retry.")
-    _end_stage(tracker, stage_run, scoring, coarse.best.mean_score, len(coarse.trials), len(coarse.completed))
+    _end_stage(tracker, stage_run, scoring, [(t.mean_score, t.start_time, t.end_time) for t in coarse.trials])
     return coarse
 
 
@@ -228,11 +234,20 @@ def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, sc
     if not ok:
         raise StageFailedError(f"all {len(fine.trials) + 1} fine trials failed; see the FAILED trial runs' "
                                "searchlab.error tags.")
-    _end_stage(tracker, stage_run, scoring, fine.best.score, len(fine.trials) + 1, len(ok))
+    _end_stage(tracker, stage_run, scoring,
+               [(t.score if t.ok else float("nan"), t.start_time, t.end_time) for t in (*fine.trials, fine.coarse_winner)])
     return fine, run_ids
 
 
-def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, best_score: float, n: int, n_ok: int) -> None:
-    tracker.log(run_id, metrics={"best_score": best_score, f"best_{scoring.display_name}": scoring.to_metric(best_score),
-                                 "n_trials": n, "n_failed": n - n_ok})
+def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, trials: list[tuple[float, float, float]]) -> None:
+    """Log a stage's best score, counts and best-so-far plot (`trials`: score, start, end), and end it."""
+    trials = sorted(trials, key=lambda t: t[2])
+    scores = [score for score, _, _ in trials]
+    best = max(s for s in scores if np.isfinite(s))
+    n_failed = sum(not np.isfinite(s) for s in scores)
+    tracker.log(run_id, metrics={"best_score": best, f"best_{scoring.display_name}": scoring.to_metric(best),
+                                 "n_trials": len(trials), "n_failed": n_failed})
+    with tempfile.TemporaryDirectory() as out:
+        stage_plot(Path(out), scoring, scores, [end for _, _, end in trials], min(start for _, start, _ in trials))
+        tracker.log_artifacts(run_id, Path(out), "plots")
     tracker.end_run(run_id)

@@ -214,6 +214,9 @@ class Tracker:
         if not metric_chunks and not param_chunks and tag_list:
             self.client.log_batch(run_id, tags=tag_list)
 
+    def log_artifacts(self, run_id: str, local_dir: Path, path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), path)
+
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
 

@@ -96,6 +96,17 @@ def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClie
     assert client.get_run(result.run_id).data.tags["mlflow.note.content"] == summary
 
 
+def test_binary_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
+    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons",
+                         "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",
+                         "tracking.log_model=false")
+    result = pipeline.run(config)
+    assert result.data.task == "binary"
+    assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
+    assert all(t.ok for t in result.fine.trials)
+    assert result.final.test_metrics["roc_auc"] > 0.5
+
+
 def test_regression_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
     config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=regression",
                          "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",

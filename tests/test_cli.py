@@ -1,0 +1,212 @@
+"""User mistakes through the real command line: a clear message, a non-zero exit, no traceback, no run.
+
+Each case runs `python -m searchlab ...` in a subprocess, as a user would. Configuration
+mistakes stop before TensorFlow loads (about a second each); the data mistakes load
+TensorFlow first (5-10 s each), so there are only five of them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACEBACK = "Traceback (most recent call last)"
+# Small and quick if a case were (wrongly) accepted and a search started.
+BASE = ("experiment=smoke", "verbose=0", "tracking.log_model=false")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*overrides: str, timeout: float = 180) -> Outcome:
+    """`python -m searchlab <overrides>` from the project root."""
+    done = subprocess.run([sys.executable, "-m", "searchlab", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def store(tmp_path: Path) -> tuple[Path, str]:
+    db = tmp_path / "mlruns" / "mlflow.db"
+    return db, f"tracking.uri=sqlite:///{db}"
+
+
+def runs_in_store(db: Path) -> list[str]:
+    """Every run (any experiment, any lifecycle stage) in the SQLite store `db`; none if it does not exist."""
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not ids:
+        return []
+    runs = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=1000)
+    return [f"{r.info.run_name} ({r.info.status})" for r in runs]
+
+
+def assert_refused(outcome: Outcome, expected: list[str], db: Path) -> None:
+    """Exit != 0, every expected fragment in the output, no traceback, nothing in the store."""
+    shown = f"exit {outcome.returncode}\n--- stdout\n{outcome.stdout}\n--- stderr\n{outcome.stderr}"
+    assert outcome.returncode != 0, shown
+    for fragment in expected:
+        assert fragment in outcome.text, f"{fragment!r} not in the output:\n{shown}"
+    assert TRACEBACK not in outcome.stdout and TRACEBACK not in outcome.stderr, shown
+    assert runs_in_store(db) == [], shown
+
+
+def assert_one_paragraph(outcome: Outcome) -> None:
+    """searchlab's own messages: `searchlab: error: ...`, at most three lines, on stderr."""
+    lines = [line for line in outcome.stderr.strip().splitlines() if line.strip()]
+    assert lines and lines[0].startswith("searchlab: error: "), outcome.stderr
+    assert len(lines) <= 3, outcome.stderr
+    assert outcome.returncode == 2
+
+
+# (override(s), fragments the output must contain, whether searchlab's own validation says it)
+CONFIG_CASES = [
+    pytest.param(["dataset=nope"], ["nope", "Available options in 'dataset'", "csv", "digits", "imdb", "mnist",
+                                    "synthetic"], False, id="unknown-group-option"),
+    pytest.param(["search.coarse.n_itr=3"], ["search.coarse.n_itr"], False, id="unknown-key"),
+    pytest.param(["search.coarse.n_iter=abc"], ["search.coarse.n_iter", "abc"], False, id="wrong-type"),
+    pytest.param(["search.coarse.n_iter=0"], ["search.coarse.n_iter", ">= 1", "got 0"], True, id="n_iter-0"),
+    pytest.param(["search.coarse.cv=1"], ["search.coarse.cv", ">= 2", "got 1"], True, id="cv-1"),
+    pytest.param(["search.coarse.space.dropout.high=1.0"], ["search.coarse.space.dropout.high", "1.0", "< 1"], True,
+                 id="dropout-high-1"),
+    pytest.param(["search.coarse.space.l2.low=0"], ["search.coarse.space.l2.low", "> 0", "log"], True,
+                 id="log-bound-0"),
+    pytest.param(["search.coarse.space.units.low=300"], ["search.coarse.space.units.low", "300",
+                                                         "search.coarse.space.units.high"], True, id="low-above-high"),
+    pytest.param(["search.coarse.space.optimizer.values=[]"], ["search.coarse.space.optimizer.values", "non-empty"],
+                 True, id="empty-choices"),
+    pytest.param(["model.optimizer=adamax2"], ["model.optimizer", "adamax2", "adam", "sgd"], True,
+                 id="unknown-optimizer"),
+    pytest.param(["model.activation=swishy"], ["model.activation", "swishy", "relu", "tanh"], True,
+                 id="unknown-activation"),
+    pytest.param(["search.fine.max_params=0"], ["search.fine.max_params", ">= 1", "got 0"], True, id="max_params-0"),
+    pytest.param(["dataset=synthetic", "dataset.test_size=0"], ["dataset.test_size", "> 0", "got 0"], True,
+                 id="test_size-0"),
+    pytest.param(["dataset=synthetic", "dataset.test_size=1.5"], ["dataset.test_size", "< 1", "1.5"], True,
+                 id="test_size-1.5"),
+    pytest.param(["search.fine.points=0"], ["search.fine.points", ">= 1", "got 0"], True, id="fine-points-0"),
+    pytest.param(["search.fine.max_epochs=1"], ["search.fine.max_epochs", ">= 2", "got 1"], True,
+                 id="fine-max_epochs-1"),
+    pytest.param(["model.epochs=0"], ["model.epochs", ">= 1", "got 0"], True, id="epochs-0"),
+    pytest.param(["seed=-1"], ["seed", ">= 0", "-1"], True, id="seed-negative"),
+    pytest.param(["dataset=csv"], ["dataset.path", "dataset=csv"], True, id="csv-without-path"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected", "ours"), CONFIG_CASES)
+def test_bad_config_is_refused(tmp_path: Path, overrides: list[str], expected: list[str], ours: bool) -> None:
+    """A wrong value stops before any run with a message naming the key; ours fit in one paragraph."""
+    db, uri = store(tmp_path)
+    outcome = run_cli(*BASE, uri, *overrides, timeout=120)
+    assert_refused(outcome, expected, db)
+    assert not db.exists(), "a configuration error should not even create the store"
+    if ours:
+        assert_one_paragraph(outcome)
+
+
+# -- bad data: dataset=csv ----------------------------------------------------------------------
+
+
+def _table(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "label": np.arange(n) % 2})
+
+
+def _missing_file(tmp_path: Path) -> tuple[list[str], list[str]]:
+    path = tmp_path / "absent.csv"
+    return [f"dataset.path={path}", "dataset.target=label"], ["dataset.path", str(path)]
+
+
+def _absent_target(tmp_path: Path) -> tuple[list[str], list[str]]:
+    path = tmp_path / "table.csv"
+    _table().to_csv(path, index=False)
+    return [f"dataset.path={path}", "dataset.target=klass"], ["dataset.target", "'klass'", str(path), "a, b, label"]
+
+
+def _text_feature(tmp_path: Path) -> tuple[list[str], list[str]]:
+    path = tmp_path / "text.csv"
+    table = _table()
+    table["colour"] = ["red", "green", "blue"] * 20
+    table.to_csv(path, index=False)
+    return [f"dataset.path={path}", "dataset.target=label"], ["non-numeric", "colour"]
+
+
+def _missing_values(tmp_path: Path) -> tuple[list[str], list[str]]:
+    path = tmp_path / "holes.csv"
+    table = _table()
+    table.loc[[3, 7], "b"] = np.nan
+    table.to_csv(path, index=False)
+    return [f"dataset.path={path}", "dataset.target=label"], ["missing values", "b (2)"]
+
+
+def _rare_class(tmp_path: Path) -> tuple[list[str], list[str]]:
+    path = tmp_path / "rare.csv"
+    table = _table().astype({"label": str})
+    table.loc[:3, "label"] = "rare"  # 4 rows: about 3 stay in training, fewer than 5 folds
+    table.to_csv(path, index=False)
+    return ([f"dataset.path={path}", "dataset.target=label", "search.coarse.cv=5"],
+            ["rare", "search.coarse.cv=5", "fewer training rows"])
+
+
+@pytest.mark.parametrize("make_case", [_missing_file, _absent_target, _text_feature, _missing_values, _rare_class],
+                         ids=["missing-file", "absent-target", "non-numeric-feature", "missing-values",
+                              "class-smaller-than-cv"])
+def test_bad_data_is_refused(tmp_path: Path, make_case: Callable[[Path], tuple[list[str], list[str]]]) -> None:
+    """Bad CSV data stops before any run, with a message naming the file or column."""
+    overrides, expected = make_case(tmp_path)
+    db, uri = store(tmp_path)
+    outcome = run_cli(*BASE, uri, "dataset=csv", *overrides)
+    assert_refused(outcome, expected, db)
+    assert_one_paragraph(outcome)
+
+
+# -- resume and --cfg -------------------------------------------------------------------------
+
+
+def test_resume_last_on_empty_store(tmp_path: Path) -> None:
+    db, uri = store(tmp_path)
+    outcome = run_cli("resume=last", "verbose=0", uri)
+    assert outcome.returncode == 2, outcome.text
+    assert "resume=last" in outcome.stderr and "no search to resume" in outcome.stderr, outcome.text
+    assert TRACEBACK not in outcome.text
+    assert runs_in_store(db) == []
+    assert_one_paragraph(outcome)
+
+
+def test_resume_unknown_run_id(tmp_path: Path) -> None:
+    db, uri = store(tmp_path)
+    outcome = run_cli("resume=0123456789abcdef0123456789abcdef", "verbose=0", uri)
+    assert outcome.returncode == 2, outcome.text
+    assert "0123456789abcdef0123456789abcdef" in outcome.stderr, outcome.text
+    assert TRACEBACK not in outcome.text
+    assert runs_in_store(db) == []
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    db, uri = store(tmp_path)
+    outcome = run_cli("--cfg", "job", "search.coarse.n_iter=7", uri, timeout=60)
+    assert outcome.returncode == 0, outcome.text
+    assert "n_iter: 7" in outcome.stdout
+    for section in ("dataset:", "model:", "search:", "tracking:"):
+        assert section in outcome.stdout
+    assert TRACEBACK not in outcome.text
+    assert not db.exists()
