@@ -1,7 +1,7 @@
 """Interrupting a real search (SIGINT / SIGTERM) and resuming it, with real processes and a real store.
 
 A search runs as `python -m searchlab ...` in a subprocess; the test polls its SQLite store
-with an `MlflowClient` and signals the process once enough trials are recorded. The data
+with an `MlflowClient` and signals the process once enough trials are recorded (all `slow`). The data
 set is a small synthetic 3-class table: it does not matter here, and the binary task is
 broken in the fine stage (see `tests/test_robustness.py::test_binary_task_search_finishes`).
 """
@@ -15,18 +15,19 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from searchlab.config import Config
 from searchlab.space import Param
-from searchlab.tracking import Tracker
-
-pytestmark = pytest.mark.slow
+from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "searchlab"
@@ -160,63 +161,153 @@ def grid_size(space: dict[str, Any], points: int) -> int:
 # -- tests --------------------------------------------------------------------------------------
 
 
-def test_sigint_in_coarse_then_resume_matches_an_uninterrupted_search(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Store:
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+
+    def runs(self, query: str = "") -> list[Run]:
+        return runs(self.client, self.experiment_id, query)
+
+
+@dataclass(frozen=True)
+class CoarseResume:
+    """A search interrupted (SIGINT) in its coarse stage and resumed, plus the same search uninterrupted."""
+
+    tmp: Path
+    store: Store
+    fresh: Store
+    n_iter: int
+    interrupt_code: int
+    interrupt_log: str
+    interrupt_stderr: str
+    after_interrupt: list[Run]  # every run, read right after the interrupted process ended
+    resume_code: int
+    resume_log: str
+    fresh_code: int
+    fresh_log: str
+
+
+@pytest.fixture(scope="module")
+def coarse_resume(tmp_path_factory: pytest.TempPathFactory) -> CoarseResume:
+    tmp = tmp_path_factory.mktemp("coarse-resume")
     n_iter = 8
-    uri, client, exp = new_store(tmp_path, "interrupted")
-    overrides = (f"search.coarse.n_iter={n_iter}", f"tracking.uri={uri}")
+    store = Store(*new_store(tmp, "interrupted"))
+    overrides = (f"search.coarse.n_iter={n_iter}", f"tracking.uri={store.uri}")
+    with search_process(tmp, "first", *overrides) as proc:
+        wait_until(proc, lambda: len(store.runs(COARSE_TRIALS)) >= 2, "two coarse trial runs")
+        interrupt_code = interrupt(proc, signal.SIGINT)
+    after_interrupt = store.runs()
+    resume_code = run_search(tmp, "resumed", *overrides, "resume=last")
+    fresh = Store(*new_store(tmp, "fresh"))
+    fresh_code = run_search(tmp, "fresh", f"search.coarse.n_iter={n_iter}", f"tracking.uri={fresh.uri}")
+    return CoarseResume(tmp, store, fresh, n_iter, interrupt_code, output(tmp, "first"),
+                        (tmp / "first.err").read_text(), after_interrupt, resume_code, output(tmp, "resumed"),
+                        fresh_code, output(tmp, "fresh"))
 
-    with search_process(tmp_path, "first", *overrides) as proc:
-        wait_until(proc, lambda: len(runs(client, exp, COARSE_TRIALS)) >= 2, "two coarse trial runs")
-        code = interrupt(proc, signal.SIGINT)
-    log = output(tmp_path, "first")
-    assert code == 130, log
-    assert "resume=" in (tmp_path / "first.err").read_text(), log
-    assert "Traceback" not in log
-    search_id = assert_ended_killed(client, exp, ["coarse"])
-    assert not runs(client, exp, "tags.`searchlab.stage` = 'fine'"), "interrupted in coarse: no fine runs yet"
-    before = by_tag(runs(client, exp, COARSE_TRIALS), "searchlab.candidate")
-    assert 2 <= len(before) < n_iter
-    assert {r.info.status for r in before.values()} <= {"FINISHED", "FAILED"}
 
-    assert run_search(tmp_path, "resumed", *overrides, "resume=last") == 0, output(tmp_path, "resumed")
-    resumed_search = one(runs(client, exp, "tags.`searchlab.run` = 'search'"))
-    assert resumed_search.info.run_id == search_id
-    assert resumed_search.info.status == "FINISHED"
-    coarse = by_tag(runs(client, exp, COARSE_TRIALS), "searchlab.candidate")
-    assert sorted(coarse, key=int) == [str(i) for i in range(n_iter)]
+def _coarse_trials(found: list[Run]) -> dict[str, Run]:
+    trials = [r for r in found if r.data.tags.get("searchlab.run") == "trial"
+              and r.data.tags.get("searchlab.stage") == "coarse"]
+    return by_tag(trials, "searchlab.candidate")
+
+
+@pytest.mark.slow
+def test_sigint_in_coarse_ends_every_open_run_killed(coarse_resume: CoarseResume) -> None:
+    r = coarse_resume
+    assert r.interrupt_code == 130, r.interrupt_log
+    assert "resume=" in r.interrupt_stderr, r.interrupt_log
+    assert "Traceback" not in r.interrupt_log
+    statuses = {run.info.run_name: run.info.status for run in r.after_interrupt}
+    assert "RUNNING" not in statuses.values(), statuses
+    by_role = {(run.data.tags.get("searchlab.run"), run.data.tags.get("searchlab.stage")): run.info.status
+               for run in r.after_interrupt if run.data.tags.get("searchlab.run") != "trial"}
+    assert by_role == {("search", None): "KILLED", ("stage", "coarse"): "KILLED"}, statuses  # no fine stage yet
+    trials = _coarse_trials(r.after_interrupt)
+    assert 2 <= len(trials) < r.n_iter
+    assert {run.info.status for run in trials.values()} <= {"FINISHED", "FAILED"}
+
+
+@pytest.mark.slow
+def test_resume_after_coarse_sigint_reuses_finished_trials(coarse_resume: CoarseResume) -> None:
+    r = coarse_resume
+    assert r.resume_code == 0, r.resume_log
+    killed_search = one([run for run in r.after_interrupt if run.data.tags.get("searchlab.run") == "search"])
+    search = one(r.store.runs("tags.`searchlab.run` = 'search'"))
+    assert search.info.run_id == killed_search.info.run_id
+    assert search.info.status == "FINISHED"
+    before = _coarse_trials(r.after_interrupt)
+    coarse = by_tag(r.store.runs(COARSE_TRIALS), "searchlab.candidate")  # fails on a duplicated candidate
+    assert sorted(coarse, key=int) == [str(i) for i in range(r.n_iter)]
     for candidate, old in before.items():  # reused, not trained again
         assert coarse[candidate].info.run_id == old.info.run_id
         assert coarse[candidate].info.end_time == old.info.end_time
-    assert_all_ended(client, exp)
+    assert_all_ended(r.store.client, r.store.experiment_id)
 
-    # The same search, never interrupted, into a fresh store.
-    fresh_uri, fresh_client, fresh_exp = new_store(tmp_path, "fresh")
-    assert run_search(tmp_path, "fresh", f"search.coarse.n_iter={n_iter}", f"tracking.uri={fresh_uri}") == 0, \
-        output(tmp_path, "fresh")
-    fresh_search = one(runs(fresh_client, fresh_exp, "tags.`searchlab.run` = 'search'"))
-    fresh_coarse = by_tag(runs(fresh_client, fresh_exp, COARSE_TRIALS), "searchlab.candidate")
-    assert sorted(fresh_coarse) == sorted(coarse)
+
+@pytest.mark.slow
+def test_resumed_coarse_candidates_match_an_uninterrupted_search(coarse_resume: CoarseResume) -> None:
+    r = coarse_resume
+    assert r.resume_code == 0 and r.fresh_code == 0, r.resume_log + r.fresh_log
+    coarse = by_tag(r.store.runs(COARSE_TRIALS), "searchlab.candidate")
+    fresh = by_tag(r.fresh.runs(COARSE_TRIALS), "searchlab.candidate")
+    assert sorted(coarse) == sorted(fresh)
     for candidate in coarse:
-        assert coarse[candidate].data.params == fresh_coarse[candidate].data.params, candidate
+        assert coarse[candidate].data.params == fresh[candidate].data.params, candidate
 
-    drift = {c: abs(coarse[c].data.metrics["cv_score_mean"] - fresh_coarse[c].data.metrics["cv_score_mean"])
-             for c in coarse if "cv_score_mean" in coarse[c].data.metrics}
-    print(f"\ncoarse cv_score_mean drift, resumed vs uninterrupted: max {max(drift.values()):.6f}; "
-          + ", ".join(f"#{c}: {d:.4f}" for c, d in sorted(drift.items(), key=lambda item: int(item[0]))))
+    drift = {c: abs(coarse[c].data.metrics["cv_score_mean"] - fresh[c].data.metrics["cv_score_mean"])
+             for c in coarse if "cv_score_mean" in coarse[c].data.metrics and "cv_score_mean" in fresh[c].data.metrics}
+    print(f"\ncoarse cv_score_mean drift, resumed vs uninterrupted: max {max(drift.values()):.6f} ("
+          + ", ".join(f"#{c}: {d:.4f}" for c, d in sorted(drift.items(), key=lambda item: int(item[0]))) + ")")
     assert max(drift.values()) < 0.05
 
-    resumed_fine_stage = stage_run(client, exp, "fine").info.run_id
-    fresh_fine_stage = stage_run(fresh_client, fresh_exp, "fine").info.run_id
-    assert (read_json(uri, resumed_fine_stage, "space.json", tmp_path)
-            == read_json(fresh_uri, fresh_fine_stage, "space.json", tmp_path))
-    assert decisions(uri, search_id, tmp_path) == decisions(fresh_uri, fresh_search.info.run_id, tmp_path)
-
-    def fine_params(c: MlflowClient, e: str) -> set[frozenset[tuple[str, str]]]:
-        return {frozenset(r.data.params.items()) for r in runs(c, e, FINE_TRIALS)}
-
-    assert fine_params(client, exp) == fine_params(fresh_client, fresh_exp)
+    search = one(r.store.runs("tags.`searchlab.run` = 'search'")).info.run_id
+    fresh_search = one(r.fresh.runs("tags.`searchlab.run` = 'search'")).info.run_id
+    assert decisions(r.store.uri, search, r.tmp) == decisions(r.fresh.uri, fresh_search, r.tmp)
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="BUG: resume reads finished coarse candidates back from MLflow params, which "
+                   "tracking._param_text rounds to 6 significant digits, so the narrowed ranges and the fine grid "
+                   "differ (slightly) from the uninterrupted search's")
+def test_resumed_narrowing_and_fine_grid_match_an_uninterrupted_search(coarse_resume: CoarseResume) -> None:
+    r = coarse_resume
+    assert r.resume_code == 0 and r.fresh_code == 0, r.resume_log + r.fresh_log
+    space = read_json(r.store.uri, stage_run(r.store.client, r.store.experiment_id, "fine").info.run_id,
+                      "space.json", r.tmp)
+    fresh_space = read_json(r.fresh.uri, stage_run(r.fresh.client, r.fresh.experiment_id, "fine").info.run_id,
+                            "space.json", r.tmp)
+    fine = {frozenset(run.data.params.items()) for run in r.store.runs(FINE_TRIALS)}
+    fresh_fine = {frozenset(run.data.params.items()) for run in r.fresh.runs(FINE_TRIALS)}
+    assert space == fresh_space
+    assert fine == fresh_fine
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: resume.read_progress gets coarse values from MLflow params rounded to "
+                   "6 significant digits by tracking._param_text")
+def test_resume_reads_back_the_exact_coarse_values(tmp_path: Path, make_config: Callable[..., Config]) -> None:
+    """The cause of the test above, without training: a coarse trial logged the way the pipeline logs it
+    comes back from `read_progress` with its float values rounded to 6 significant digits."""
+    from searchlab.resume import CANDIDATE_TAG, read_progress  # loads TensorFlow (via searchlab.coarse)
+
+    space = make_config("experiment=smoke").coarse_space()
+    rng = np.random.RandomState(0)
+    params = {name: param.cast(param.distribution().rvs(random_state=rng)) if param.is_numeric else param.values[-1]
+              for name, param in space.items()}
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT)
+    search = tracker.start_run("search", {RUN_TAG: "search"})
+    stage = tracker.start_run("coarse", {RUN_TAG: "stage", STAGE_TAG: "coarse"}, parent=search)
+    now = time.time()
+    tracker.log_trial(stage, "coarse-000", {RUN_TAG: "trial", STAGE_TAG: "coarse", CANDIDATE_TAG: "0"}, params,
+                      {"cv_score_fold_0": 0.5, "cv_score_fold_1": 0.7}, {}, now - 1, now)
+    tracker.end_all("KILLED")
+    progress = read_progress(tracker, search, space)
+    assert progress.coarse[0].fold_scores == (0.5, 0.7)
+    assert progress.coarse[0].params == params
+
+
+@pytest.mark.slow
 def test_sigint_in_fine_then_resume_reuses_finished_fine_trials(tmp_path: Path) -> None:
     points = 3
     uri, client, exp = new_store(tmp_path, "interrupted")
@@ -249,6 +340,7 @@ def test_sigint_in_fine_then_resume_reuses_finished_fine_trials(tmp_path: Path) 
     assert_all_ended(client, exp)
 
 
+@pytest.mark.slow
 def test_sigterm_ends_runs_killed(tmp_path: Path) -> None:
     uri, client, exp = new_store(tmp_path, "store")
     with search_process(tmp_path, "first", f"tracking.uri={uri}") as proc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from searchlab import pipeline
 from searchlab.config import Config
@@ -86,6 +88,32 @@ def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, Mlflo
     assert accuracy == pytest.approx(result.final.test_metrics["accuracy"], abs=1e-6)
     pyfunc = mlflow.pyfunc.load_model(result.model_uri)
     assert np.asarray(pyfunc.predict(result.data.X_test[:3])).shape == (3, 10)
+
+
+def test_plots_are_artifacts(smoke: tuple[pipeline.SearchResult, MlflowClient], tmp_path: Path) -> None:
+    result, client = smoke
+    expected = {"learning_curves.png", "coarse_scores_vs_params.png", "influence.png", "parallel_coarse.png",
+                "parallel_fine.png", "confusion_matrix_test.png"}
+    names = {Path(a.path).name for a in client.list_artifacts(result.run_id, "plots")}
+    assert expected <= names
+    stages = _runs(client, result.experiment_id, f"tags.`mlflow.parentRunId` = '{result.run_id}'")
+    for run_id in [result.run_id] + [s.info.run_id for s in stages]:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="plots",
+                                                         dst_path=str(tmp_path / run_id), tracking_uri=result.tracking_uri))
+        for png in local.glob("*.png"):
+            with Image.open(png) as image:
+                assert image.size[0] > 300 and image.size[1] > 300
+                assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 10, png.name
+            assert png.stat().st_size > 10_000
+    assert all("best_so_far.png" in {Path(a.path).name for a in client.list_artifacts(s.info.run_id, "plots")}
+               for s in stages)
+
+
+def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
+    result, client = smoke
+    winners = _runs(client, result.experiment_id, "tags.`searchlab.winner` = 'true'")
+    assert len(winners) == 1
+    assert winners[0].data.tags["searchlab.trial_id"] == result.fine.best.trial_id
 
 
 def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:

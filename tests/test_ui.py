@@ -1,0 +1,129 @@
+"""The MLflow UI, checked as a person would: a smoke search, `make ui`'s server, headless Chromium.
+
+Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); skipped without them.
+The screenshot goes to `tests/artifacts/ui-*.png` (ignored by git) for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from searchlab import pipeline
+from searchlab.config import Config
+from searchlab.ui import ui_command
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SHOTS = Path(__file__).parent / "artifacts"
+# Without these Chromium stalls on this closed network (see the UI issue).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1000"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> pipeline.SearchResult:
+    from tests.conftest import compose_config
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('ui-store') / 'mlflow.db'}"
+    return pipeline.run(compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0",
+                                       "tracking.log_model=false"))
+
+
+@pytest.fixture(scope="module")
+def ui_url(searched: pipeline.SearchResult) -> Iterator[str]:
+    """The UI started exactly as `make ui` starts it, on 127.0.0.1; its process group ended afterwards."""
+    port = _free_port()
+    server = subprocess.Popen(ui_command(searched.tracking_uri, port=port), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120  # MLflow 3.17's UI takes ~30 s to answer here
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, "the MLflow UI exited"
+            assert time.time() < deadline, "the MLflow UI did not answer within 120 s"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # its huey workers outlive a plain kill of the parent
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    if not (CHROMIUM.exists() and DRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"the UI never showed {what}"
+        time.sleep(0.5)
+
+
+def test_run_tree_and_plots_in_the_browser(searched: pipeline.SearchResult, ui_url: str, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    result = searched
+    SHOTS.mkdir(exist_ok=True)
+    driver.get(f"{ui_url}/#/experiments/{result.experiment_id}/runs")  # type: ignore[attr-defined]
+    body = lambda: driver.find_element(By.TAG_NAME, "body").text  # type: ignore[attr-defined]  # noqa: E731
+    _wait_for(lambda: f"search {result.data.name}" in body(), "the search run")
+    _wait_for(lambda: "searchlab" in body(), "the experiment's name")
+
+    def expand(run_id: str) -> None:
+        button = f"//div[@row-id='{run_id}']//button[contains(@data-component-id, 'runnamecellrenderer')]"
+        driver.find_element(By.XPATH, button).click()  # type: ignore[attr-defined]
+
+    expand(result.run_id)
+    _wait_for(lambda: "coarse" in body() and "fine" in body(), "the stage runs")
+    for stage in ("coarse", "fine"):
+        row = driver.find_element(  # type: ignore[attr-defined]
+            By.XPATH, f"//span[normalize-space(text())='{stage}']/ancestor::div[@row-id][1]")
+        expand(row.get_attribute("row-id"))
+    _wait_for(lambda: "coarse-000" in body() and "coarse-winner" in body(), "the trial runs")
+    driver.save_screenshot(str(SHOTS / "ui-run-tree.png"))  # type: ignore[attr-defined]
+
+    driver.get(f"{ui_url}/#/experiments/{result.experiment_id}/runs/{result.run_id}/artifacts")  # type: ignore[attr-defined]
+    _wait_for(lambda: "plots" in body() and "config.yaml" in body(), "the search run's artifacts")
+    driver.find_element(By.XPATH, "//*[normalize-space(text())='plots']").click()  # type: ignore[attr-defined]
+    for name in ("learning_curves.png", "influence.png", "coarse_scores_vs_params.png", "parallel_coarse.png",
+                 "confusion_matrix_test.png"):
+        _wait_for(lambda: name in body(), name)
+    driver.find_element(By.XPATH, "//*[normalize-space(text())='coarse_scores_vs_params.png']").click()  # type: ignore[attr-defined]
+    time.sleep(3)  # let the image render for the screenshot
+    driver.save_screenshot(str(SHOTS / "ui-artifacts.png"))  # type: ignore[attr-defined]
+    assert (SHOTS / "ui-artifacts.png").stat().st_size > 20_000
