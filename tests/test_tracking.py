@@ -1,0 +1,81 @@
+"""Tracking details: registry champion, sweeps, the MLflow input-example trap, redaction."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from searchlab import pipeline
+from searchlab.config import Config
+from searchlab.tracking import RUN_TAG, Tracker, flatten, redact
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_redact_hides_credentials() -> None:
+    assert redact("postgresql://bob:secret@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_flatten() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_keras_input_example_trap_still_there(tmp_path: Path) -> None:
+    """COMPAT.md: mlflow 3.17's Keras flavor fails with `input_example`; searchlab logs the example as an
+    artifact instead. When this test fails, MLflow fixed it: pass `input_example=` in `Tracker.log_model`."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    x = np.zeros((2, 3), dtype="float32")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run(), pytest.raises(FileNotFoundError):
+        mlflow.keras.log_model(model, name="m", input_example=x)
+
+
+@pytest.mark.slow
+def test_registry_champion_moves_only_on_a_better_score(make_config: Callable[..., Config], store_uri: str) -> None:
+    common = ["experiment=smoke", "dataset=synthetic", "dataset.generator=moons", "dataset.n_samples=300",
+              f"tracking.uri={store_uri}", "verbose=0", "tracking.register_as=moons"]
+    first = pipeline.run(make_config(*common))
+    assert first.registry and "now the champion" in first.registry
+    # A deliberately weak second search (one tiny candidate, 1 epoch) must not take the alias.
+    weak = pipeline.run(make_config(*common, "search.coarse.n_iter=1", "model.epochs=1", "search.fine.max_params=1",
+                                    "search.fine.points=1", "seed=5"))
+    client = MlflowClient(store_uri)
+    champion = client.get_model_version_by_alias("moons", "champion")
+    versions = client.search_model_versions("name = 'moons'")
+    assert len(versions) == 2
+    if weak.final.test_metrics["accuracy"] > first.final.test_metrics["accuracy"]:
+        assert champion.run_id == weak.run_id
+    else:
+        assert champion.run_id == first.run_id
+        assert weak.registry and "stays" in weak.registry
+    assert weak.registry in weak.summary()
+
+
+@pytest.mark.slow
+def test_multirun_sweep_one_parent_per_job(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    Tracker(uri, "searchlab")  # the store and experiment exist before the jobs (COMPAT.md)
+    out = subprocess.run(
+        [sys.executable, "-m", "searchlab", "-m", "seed=1,2", "experiment=smoke", "dataset=synthetic",
+         "dataset.n_samples=300", f"tracking.uri={uri}", "tracking.log_model=false", "verbose=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "searchlab sweep: 2 jobs" in out.stdout
+    assert "seed=1" in out.stdout and "seed=2" in out.stdout
+    assert "database is locked" not in out.stdout + out.stderr
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("searchlab")
+    searches = client.search_runs([experiment.experiment_id], f"tags.`{RUN_TAG}` = 'search'")
+    assert sorted(r.data.params["seed"] for r in searches) == ["1", "2"]
+    assert all(r.info.status == "FINISHED" for r in searches)
