@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install search test ui lock clean
+.PHONY: install search test lint ui lock clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ search: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check searchlab tests bench
+	$(BIN)/mypy searchlab
 
 ui: install
 	$(BIN)/python -m searchlab.ui $(ARGS)

@@ -13,10 +13,11 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -80,6 +81,8 @@ class _FailureNotes:
     """For the SciKeras wrappers: a fit whose training loss turns NaN/inf fails, and any failed fit
     leaves its reason in `model__record_dir` for the parent process (joblib workers cannot tell it)."""
 
+    model__candidate: int
+
     def _build_keras_model(self) -> Any:
         keras.backend.clear_session()  # drop earlier folds' graphs: memory stays flat with n_jobs=1
         return super()._build_keras_model()  # type: ignore[misc]
@@ -94,7 +97,7 @@ class _FailureNotes:
         except Exception as exc:
             record_dir = getattr(self, "model__record_dir", None)
             if record_dir:
-                note = Path(record_dir) / f"{getattr(self, 'model__candidate')}.error"
+                note = Path(record_dir) / f"{self.model__candidate}.error"
                 note.write_text(f"{type(exc).__name__}: {exc}".strip()[:2000])
             raise
         return self

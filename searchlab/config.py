@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from searchlab.errors import ConfigError
-from searchlab.space import HYPERPARAMETERS, Param, Space, check_value
+from searchlab.space import HYPERPARAMETERS, Param, check_value
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -33,9 +33,9 @@ class DatasetConfig:
     task: str = "auto"
     test_size: float = 0.2
     # csv
-    path: Optional[str] = None
-    target: Optional[str] = None
-    target_path: Optional[str] = None
+    path: str | None = None
+    target: str | None = None
+    target_path: str | None = None
     # synthetic
     generator: str = "classification"
     n_samples: int = 1000
@@ -44,7 +44,7 @@ class DatasetConfig:
     noise: float = 0.1
     # mnist / imdb
     num_words: int = 1000
-    max_rows: Optional[int] = None
+    max_rows: int | None = None
 
 
 @dataclass
@@ -75,21 +75,21 @@ class ParamSpec:
     """One entry of `search.coarse.space`: `{type: int|float, low, high, log}` or `{type: choice, values}`."""
 
     type: str = MISSING
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     log: bool = False
-    values: Optional[List[Any]] = None
+    values: list[Any] | None = None
 
 
 @dataclass
 class CoarseConfig:
     n_iter: int = 20
     cv: int = 3
-    scoring: Optional[str] = None
+    scoring: str | None = None
     n_jobs: int = -1
-    random_state: Optional[int] = None
+    random_state: int | None = None
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
-    space: Dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,17 +113,17 @@ class SearchConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment: str = "searchlab"
     log_model: bool = True
-    register_as: Optional[str] = None
+    register_as: str | None = None
 
 
 @dataclass
 class Config:
     seed: int = 0
     verbose: int = 1
-    resume: Optional[str] = None  # `last` or a search run id
+    resume: str | None = None  # `last` or a search run id
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -6,9 +6,9 @@ returned unscaled: scaling is fitted inside each fit on its training rows only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd

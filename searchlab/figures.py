@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,8 @@ def search_plots(out: Path, data: Dataset, scoring: Scoring, coarse: CoarseResul
         paths.append(plots.confusion_matrix(data.y_test, final.test_prediction.argmax(axis=1), list(data.class_names),
                                             out / "confusion_matrix_test.png"))
     else:
-        paths.append(plots.regression_diagnostics(data.y_test, final.test_prediction, out / "predicted_vs_actual_test.png"))
+        paths.append(plots.regression_diagnostics(data.y_test, final.test_prediction,
+                                                  out / "predicted_vs_actual_test.png"))
     return paths
 
 

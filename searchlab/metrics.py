@@ -85,5 +85,6 @@ def evaluate_predictions(task: str, y_true: np.ndarray, prediction: np.ndarray) 
         "log_loss": float(skm.log_loss(y_true, proba, labels=labels)),
     }
     if task == "binary":
-        result["roc_auc"] = float(skm.roc_auc_score(y_true, prediction[:, 1])) if len(np.unique(y_true)) == 2 else float("nan")
+        both = len(np.unique(y_true)) == 2  # ROC AUC needs both classes in the test split
+        result["roc_auc"] = float(skm.roc_auc_score(y_true, prediction[:, 1])) if both else float("nan")
     return result

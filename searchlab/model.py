@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 import keras
 import numpy as np
 from sklearn.preprocessing import StandardScaler

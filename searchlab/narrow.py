@@ -10,8 +10,9 @@ rest are fixed at the best candidate's values.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,8 @@ class Decision:
     def explain(self) -> str:
         share = f"explains {self.influence:.0%} of the score variance"
         if self.narrowed is None:
-            return f"{self.name}: {share}; fixed at {_fmt(self.fixed_value)}, the best candidate's value ({self.why_fixed})"
+            value = _fmt(self.fixed_value)
+            return f"{self.name}: {share}; fixed at {value}, the best candidate's value ({self.why_fixed})"
         return f"{self.name}: {share}; kept, {_range(self.original)} -> {_range(self.narrowed)}"
 
 

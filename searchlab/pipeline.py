@@ -52,8 +52,9 @@ class SearchResult:
             f"## searchlab search on {self.data.name}",
             "",
             f"- **Data:** {self.data.describe()}",
-            f"- **Coarse** ({len(self.coarse.trials)} candidates, {len(self.coarse.trials) - len(self.coarse.completed)}"
-            f" failed): best CV {metric} {self.scoring.to_metric(coarse_best.mean_score):.4f}"
+            f"- **Coarse** ({len(self.coarse.trials)} candidates, "
+            f"{len(self.coarse.trials) - len(self.coarse.completed)} failed): best CV {metric} "
+            f"{self.scoring.to_metric(coarse_best.mean_score):.4f}"
             f" ± {coarse_best.std_score:.4f} with {format_params(coarse_best.params)}",
             f"- **Fine** ({len(self.fine.trials)} trials + the coarse winner): best validation {metric} "
             f"{self.scoring.to_metric(fine_best.score):.4f} from {self.chosen_from}; coarse winner under the same "
@@ -222,7 +223,8 @@ def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, sc
         label = COARSE_WINNER if trial.trial_id == COARSE_WINNER else f"fine-{trial.trial_id}"
         shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
         metrics = {"val_score": trial.score, f"val_best_{scoring.display_name}": scoring.to_metric(trial.score)}
-        tags = {RUN_TAG: "trial", STAGE_TAG: "fine", TRIAL_ID_TAG: trial.trial_id, "searchlab.tuned": ",".join(trial.tuned)}
+        tags = {RUN_TAG: "trial", STAGE_TAG: "fine", TRIAL_ID_TAG: trial.trial_id,
+                "searchlab.tuned": ",".join(trial.tuned)}
         run_ids[trial.trial_id] = tracker.log_trial(
             stage_run, f"{label} {format_params(shown)}", tags, trial.params, metrics, trial.curves,
             trial.start_time, trial.end_time, trial.error, first_step=trial.first_epoch)
@@ -230,12 +232,12 @@ def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, sc
 
     fine = run_fine(data, fine_space, defaults, coarse_best.params, settings, config.model, scoring, config.seed,
                     workdir, config.verbose, on_trial, {trial_id: trial for trial_id, (trial, _) in done.fine.items()})
-    ok = [t for t in (*fine.trials, fine.coarse_winner) if t.ok]
-    if not ok:
-        raise StageFailedError(f"all {len(fine.trials) + 1} fine trials failed; see the FAILED trial runs' "
+    all_trials = (*fine.trials, fine.coarse_winner)
+    if not any(t.ok for t in all_trials):
+        raise StageFailedError(f"all {len(all_trials)} fine trials failed; see the FAILED trial runs' "
                                "searchlab.error tags.")
-    _end_stage(tracker, stage_run, scoring,
-               [(t.score if t.ok else float("nan"), t.start_time, t.end_time) for t in (*fine.trials, fine.coarse_winner)])
+    _end_stage(tracker, stage_run, scoring, [(t.score if t.ok else float("nan"), t.start_time, t.end_time)
+                                             for t in all_trials])
     return fine, run_ids
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -206,10 +207,11 @@ class Tracker:
         if isinstance(metrics, Mapping):
             now = _ms(time.time())
             metrics = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
-        metric_chunks = _chunks(list(metrics), 1000)
-        param_chunks = _chunks([Param(k, redact(_param_text(v))) for k, v in (params or {}).items()], _MAX_PARAMS)
+        metric_chunks: list[list[Metric]] = _chunks(list(metrics), 1000)
+        param_chunks: list[list[Param]] = _chunks([Param(k, redact(_param_text(v))) for k, v in (params or {}).items()], _MAX_PARAMS)
         tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for i, (metric_chunk, param_chunk) in enumerate(zip_longest(metric_chunks, param_chunks, fillvalue=[])):
+        empty: list[Any] = []
+        for i, (metric_chunk, param_chunk) in enumerate(zip_longest(metric_chunks, param_chunks, fillvalue=empty)):
             self.client.log_batch(run_id, metrics=metric_chunk, params=param_chunk, tags=tag_list if i == 0 else [])
         if not metric_chunks and not param_chunks and tag_list:
             self.client.log_batch(run_id, tags=tag_list)

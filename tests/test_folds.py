@@ -6,7 +6,7 @@ or `make_cv` stops shuffling and stratifying.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest

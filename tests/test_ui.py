@@ -12,13 +12,12 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from searchlab import pipeline
-from searchlab.config import Config
 from searchlab.ui import ui_command
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
@@ -122,7 +121,7 @@ def test_run_tree_and_plots_in_the_browser(searched: pipeline.SearchResult, ui_u
     driver.find_element(By.XPATH, "//*[normalize-space(text())='plots']").click()  # type: ignore[attr-defined]
     for name in ("learning_curves.png", "influence.png", "coarse_scores_vs_params.png", "parallel_coarse.png",
                  "confusion_matrix_test.png"):
-        _wait_for(lambda: name in body(), name)
+        _wait_for(lambda name=name: name in body(), name)  # type: ignore[misc]
     driver.find_element(By.XPATH, "//*[normalize-space(text())='coarse_scores_vs_params.png']").click()  # type: ignore[attr-defined]
     time.sleep(3)  # let the image render for the screenshot
     driver.save_screenshot(str(SHOTS / "ui-artifacts.png"))  # type: ignore[attr-defined]
