@@ -21,6 +21,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 from scikeras.wrappers import KerasClassifier, KerasRegressor
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import FitFailedWarning
@@ -260,6 +261,9 @@ def _threads_per_worker(workers: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+_FITS_PER_WORKER = 30  # fits a joblib worker runs before it is replaced (~5 MiB kept per fit, ~5 s to restart)
+
+
 class _StreamingSearch(RandomizedSearchCV):
     """`RandomizedSearchCV` that evaluates its candidates a batch at a time and reports each batch."""
 
@@ -280,6 +284,7 @@ class _StreamingSearch(RandomizedSearchCV):
         # The candidate number travels with the parameters so each fold's curves can be matched to it.
         candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)
                       if number not in self.skip]
+        fits_per_worker = 0.0
         for start in range(0, len(candidates), self.batch_size):
             batch = candidates[start:start + self.batch_size]
             started = time.time()
@@ -290,6 +295,16 @@ class _StreamingSearch(RandomizedSearchCV):
                     raise
                 results = None  # scikit-learn refuses a batch whose every fit failed; the search goes on
             self.report(batch, results, started)
+            fits_per_worker += len(batch) * self.cv.get_n_splits() / self.batch_size
+            if self.n_jobs != 1 and fits_per_worker >= _FITS_PER_WORKER:
+                _recycle_workers()
+                fits_per_worker = 0
+
+
+def _recycle_workers() -> None:
+    """Replace joblib's worker processes: TensorFlow keeps a few MiB per trained model that no
+    `clear_session` gives back, so long-lived workers would grow through a long search."""
+    get_reusable_executor().shutdown(wait=True)
 
 
 class _HistoryScorer:

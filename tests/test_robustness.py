@@ -88,9 +88,15 @@ def test_diverging_trials_are_failed_and_the_search_finishes(make_config: MakeCo
 
 @pytest.mark.slow
 def test_a_stage_where_every_trial_fails_fails_the_search(make_config: MakeConfig, store_uri: str) -> None:
+    """Every coarse candidate diverges: StageFailedError, and the search and stage runs end FAILED.
+
+    The learning rates are absurd on purpose: at 1e3..1e6 a ReLU network can die (every unit
+    dead, so a constant output and a finite, clipped loss) instead of overflowing, and that
+    candidate then "succeeds" at chance level; at 1e30 the weights overflow to inf/NaN at once.
+    """
     config = make_config(*SMALL, f"tracking.uri={store_uri}", "tracking.log_model=false",
-                         "search.coarse.space.learning_rate.low=1000.0", "search.coarse.space.learning_rate.high=1e6",
-                         "search.coarse.space.optimizer.values=[sgd]")
+                         "search.coarse.space.learning_rate.low=1e30", "search.coarse.space.learning_rate.high=1e35",
+                         "search.coarse.space.optimizer.values=[sgd]", "search.coarse.space.activation.values=[relu]")
     with pytest.raises(StageFailedError, match="coarse"):
         pipeline.run(config)
 

@@ -1,0 +1,194 @@
+"""Speed of one trial and of a stage, side by side in one run (ratios, not absolute times).
+
+    .venv/bin/python bench/speed.py [--quick]
+
+1. Per-epoch cost: searchlab's training path (`build_model` + the fine stage's fit protocol) against
+   a hand-tuned plain Keras loop on the same network and data (a prefetched tf.data pipeline,
+   `steps_per_execution` = steps per epoch, no callbacks), steady-state epochs only.
+2. Fixed cost per trial: build + compile + first epoch (tracing) beyond a steady epoch, and the
+   cost of writing one trial run to MLflow (one batch).
+3. Both cores: the coarse stage with n_jobs=1 against n_jobs=2, same candidates.
+4. Tracking on vs off: a smoke search's wall time against the same minus the time spent in MLflow
+   calls (every `Tracker` method timed).
+
+Data: digits training split (1,437 rows x 64), a 2 x 128 ReLU MLP, batch 64. Results go to
+bench/results/speed.json and are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+
+from searchlab import pipeline
+from searchlab.coarse import run_coarse
+from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+from searchlab.data import load_dataset
+from searchlab.metrics import scoring_for
+from searchlab.model import Scalers, build_model, training_callbacks
+from searchlab.tracking import Tracker
+
+HP = dict(units=128, layers=2, dropout=0.1, l1=0.0, l2=1e-4, noise=0.0, learning_rate=1e-3, optimizer="adam",
+          activation="relu")
+BATCH = 64
+
+
+def config(*overrides: str) -> Config:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return from_dictconfig(compose("config", overrides=list(overrides)))
+
+
+def epoch_times(history_times: list[float]) -> float:
+    return statistics.median(history_times[1:])  # the first epoch carries the tracing
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def per_epoch(X: np.ndarray, y: np.ndarray, epochs: int, repeats: int) -> dict[str, float]:
+    """Median steady epoch of searchlab's path vs a hand-tuned plain Keras loop, interleaved."""
+    n_classes = int(y.max()) + 1
+    searchlab_s, plain_s, first_epoch_extra, build_s = [], [], [], []
+    steps = int(np.ceil(len(X) * 0.8 / BATCH))
+    for _ in range(repeats):
+        # searchlab: the fine stage's protocol (validation split, early stopping callbacks, steps_per_execution)
+        start = time.perf_counter()
+        model = build_model(n_features=X.shape[1], task="multiclass", n_classes=n_classes, steps_per_execution=16,
+                            **HP)
+        build_s.append(time.perf_counter() - start)
+        timer = _EpochTimer()
+        split = int(len(X) * 0.8)
+        callbacks = training_callbacks(config().model)
+        callbacks[0].patience = epochs  # measure every epoch
+        model.fit(X[:split], y[:split], validation_data=(X[split:], y[split:]), batch_size=BATCH, epochs=epochs,
+                  verbose=0, callbacks=[*callbacks, timer])
+        searchlab_s.append(epoch_times(timer.times))
+        first_epoch_extra.append(timer.times[0] - epoch_times(timer.times))
+        keras.backend.clear_session()
+
+        # plain Keras, hand-tuned: tf.data with prefetch, one compiled call per epoch, no callbacks
+        inputs = keras.Input((X.shape[1],))
+        h = inputs
+        for _ in range(HP["layers"]):
+            h = keras.layers.Dense(HP["units"], activation="relu",
+                                   kernel_regularizer=keras.regularizers.L2(HP["l2"]))(h)
+            h = keras.layers.Dropout(HP["dropout"])(h)
+        plain = keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(h))
+        plain.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=steps)
+        train = tf.data.Dataset.from_tensor_slices((X[:split], y[:split])).shuffle(split).batch(BATCH).prefetch(2)
+        val = tf.data.Dataset.from_tensor_slices((X[split:], y[split:])).batch(1024).prefetch(2)
+        timer = _EpochTimer()
+        plain.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=[timer])
+        plain_s.append(epoch_times(timer.times))
+        keras.backend.clear_session()
+    return {
+        "searchlab_epoch_s": statistics.median(searchlab_s),
+        "plain_keras_epoch_s": statistics.median(plain_s),
+        "epoch_ratio": statistics.median(searchlab_s) / statistics.median(plain_s),
+        "build_compile_s": statistics.median(build_s),
+        "first_epoch_extra_s": statistics.median(first_epoch_extra),
+    }
+
+
+def tracking_cost(trials: int) -> float:
+    """Seconds to write one trial run (params, 4 metrics, 6 curves x 30 epochs) to a SQLite store."""
+    with tempfile.TemporaryDirectory() as store:
+        tracker = Tracker(f"sqlite:///{store}/mlflow.db", "bench")
+        parent = tracker.start_run("bench", {})
+        curves = {k: list(np.linspace(1, 0, 30)) for k in ("loss", "val_loss", "accuracy", "val_accuracy",
+                                                          "log_loss", "val_log_loss")}
+        start = time.perf_counter()
+        for i in range(trials):
+            tracker.log_trial(parent, f"t{i}", {"searchlab.run": "trial"}, HP, {"a": 1.0, "b": 2.0, "c": 3, "d": 4},
+                              curves, time.time(), time.time())
+        return (time.perf_counter() - start) / trials
+
+
+def coarse_parallel(quick: bool) -> dict[str, float]:
+    n_iter = 4 if quick else 8
+    cfg = config(f"search.coarse.n_iter={n_iter}", "model.epochs=15")
+    data = load_dataset(cfg.dataset, cfg.seed)
+    scoring = scoring_for(data.task, None)
+    times = {}
+    for jobs in (1, 2):
+        settings = cfg.search.coarse
+        settings.n_jobs = jobs
+        start = time.perf_counter()
+        run_coarse(data, cfg.coarse_space(), cfg.model.hyperparameters(), settings, cfg.model, scoring, cfg.seed)
+        times[jobs] = time.perf_counter() - start
+    return {"coarse_n_jobs_1_s": times[1], "coarse_n_jobs_2_s": times[2], "parallel_speedup": times[1] / times[2]}
+
+
+def tracking_share() -> dict[str, float]:
+    """A smoke search with every Tracker method timed: wall time with tracking vs without it."""
+    spent = [0.0]
+    originals = {}
+    for name in ("start_run", "end_run", "log_trial", "log", "log_text", "log_dict", "log_artifacts", "log_model"):
+        original = getattr(Tracker, name)
+        originals[name] = original
+
+        def timed(self: Tracker, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        setattr(Tracker, name, timed)
+    try:
+        with tempfile.TemporaryDirectory() as store:
+            start = time.perf_counter()
+            pipeline.run(config("experiment=smoke", f"tracking.uri=sqlite:///{store}/mlflow.db", "verbose=0"))
+            wall = time.perf_counter() - start
+    finally:
+        for name, original in originals.items():
+            setattr(Tracker, name, original)
+    return {"smoke_wall_s": wall, "tracking_s": spent[0], "tracking_on_vs_off": wall / (wall - spent[0])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and candidates")
+    args = parser.parse_args()
+    register_schemas()
+    cfg = config()
+    data = load_dataset(cfg.dataset, cfg.seed)
+    scalers = Scalers.fit(data.X_train, data.y_train, data.task)
+    X, y = scalers.transform(data.X_train, data.y_train)
+    report: dict[str, Any] = {}
+    report.update(per_epoch(X, y, epochs=8 if args.quick else 15, repeats=2 if args.quick else 4))
+    report["tracking_per_trial_s"] = tracking_cost(10 if args.quick else 30)
+    report["fixed_cost_per_trial_s"] = (report["build_compile_s"] + report["first_epoch_extra_s"]
+                                        + report["tracking_per_trial_s"])
+    report.update(coarse_parallel(args.quick))
+    report.update(tracking_share())
+    report = {k: round(v, 4) for k, v in report.items()}
+    out = Path(__file__).parent / "results" / "speed.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    for key, value in report.items():
+        print(f"{key:28s} {value}")
+
+
+if __name__ == "__main__":
+    main()
