@@ -220,18 +220,24 @@ def run_coarse(
 
         search.report = report
         search.candidate_key = candidate_key
-        search.skip = set(done)
         workers = _workers(settings.n_jobs)
         search.batch_size = workers
         search.estimator.set_params(**{_net_prefix(data) + "model__record_dir": history_dir})
-        if len(done) < settings.n_iter:
-            with _threads_per_worker(workers), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
+        pending = [number for number in range(settings.n_iter) if number not in done]
+        # Several `fit` calls, each over a slice of the candidates, so the worker processes can be
+        # replaced in between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
+        per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if workers > 1 else len(pending)
+        with _threads_per_worker(workers), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
+            for start in range(0, len(pending), per_slice):
+                if start:
+                    get_reusable_executor().shutdown(wait=True)
+                search.numbers = set(pending[start:start + per_slice])
                 try:
                     search.fit(data.X_train, data.y_train)
                 except IndexError:
                     if any(t.ok for t in trials):
-                        raise  # scikit-learn trips on a search where no fit at all succeeded; anything else is a bug
+                        raise  # scikit-learn trips on a slice where no fit succeeded; anything else is a bug
     return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), scoring)
 
 
@@ -270,7 +276,7 @@ class _StreamingSearch(RandomizedSearchCV):
     report: Callable[[list[dict[str, Any]], dict[str, Any] | None, float], None]
     batch_size: int = 1
     candidate_key: str = "net__model__candidate"
-    skip: set[int] = set()
+    numbers: set[int] = set()  # the candidates (by number in sampling order) this `fit` evaluates
 
     def __getstate__(self) -> dict[str, Any]:
         # scikit-learn sends the search itself to the workers (as `caller`); the report callback
@@ -283,8 +289,7 @@ class _StreamingSearch(RandomizedSearchCV):
         sampled = ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state)
         # The candidate number travels with the parameters so each fold's curves can be matched to it.
         candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)
-                      if number not in self.skip]
-        fits_per_worker = 0.0
+                      if number in self.numbers]
         for start in range(0, len(candidates), self.batch_size):
             batch = candidates[start:start + self.batch_size]
             started = time.time()
@@ -295,16 +300,6 @@ class _StreamingSearch(RandomizedSearchCV):
                     raise
                 results = None  # scikit-learn refuses a batch whose every fit failed; the search goes on
             self.report(batch, results, started)
-            fits_per_worker += len(batch) * self.cv.get_n_splits() / self.batch_size
-            if self.n_jobs != 1 and fits_per_worker >= _FITS_PER_WORKER:
-                _recycle_workers()
-                fits_per_worker = 0
-
-
-def _recycle_workers() -> None:
-    """Replace joblib's worker processes: TensorFlow keeps a few MiB per trained model that no
-    `clear_session` gives back, so long-lived workers would grow through a long search."""
-    get_reusable_executor().shutdown(wait=True)
 
 
 class _HistoryScorer:

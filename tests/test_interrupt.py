@@ -1,9 +1,9 @@
 """Interrupting a real search (SIGINT / SIGTERM) and resuming it, with real processes and a real store.
 
 A search runs as `python -m searchlab ...` in a subprocess; the test polls its SQLite store
-with an `MlflowClient` and signals the process once enough trials are recorded (all `slow`). The data
-set is a small synthetic 3-class table: it does not matter here, and the binary task is
-broken in the fine stage (see `tests/test_robustness.py::test_binary_task_search_finishes`).
+with an `MlflowClient` and signals the process once enough trials are recorded. Those tests are
+`slow` (three fixtures of one to three searches each); one fast test checks the read-back that
+resuming relies on. The data set is a small synthetic 3-class table: it does not matter here.
 """
 
 from __future__ import annotations
