@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install search test lint ui lock clean
+.PHONY: install search test lint ui lock clean bench
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: install
 lint: install
 	$(BIN)/ruff check searchlab tests bench
 	$(BIN)/mypy searchlab
+
+# searchlab against RandomizedSearchCV, KerasTuner Hyperband and HalvingRandomSearchCV (hours; ARGS=--quick: minutes).
+bench: install
+	$(BIN)/python bench/compare.py $(ARGS)
 
 ui: install
 	$(BIN)/python -m searchlab.ui $(ARGS)

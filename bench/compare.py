@@ -49,6 +49,7 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV
 
 from searchlab import pipeline
+from searchlab.cli import _silence_native_stderr
 from searchlab.coarse import _find_net, _threads_per_worker, _workers, make_cv, make_estimator, param_key
 from searchlab.config import CONF_DIR, PROJECT_ROOT, Config, from_dictconfig, register_schemas
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
@@ -65,8 +66,8 @@ METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner
 SHARED = ("avila-tr", "tree_class", "traffic_volume")
 TASKS = {"avila-tr": "binary", "tree_class": "binary", "traffic_volume": "regression"}
 # Tiny budgets everywhere, but the full wide space: two data sets in under 10 minutes on 2 cores.
-QUICK = ("model.epochs=8", "model.patience=2", "search.coarse.n_iter=6", "search.coarse.cv=2",
-         "search.fine.max_params=2", "search.fine.points=2", "search.fine.max_epochs=8")
+QUICK = ("model.epochs=6", "model.patience=2", "search.coarse.n_iter=4", "search.coarse.cv=2",
+         "search.fine.max_params=1", "search.fine.points=3", "search.fine.max_epochs=6")
 QUICK_DATASETS = ("digits", "avila-tr")
 SEARCHLAB_EXPERIMENT = "bench-searchlab"  # the searchlab methods' own run trees
 Trace = list[tuple[float, float]]  # (seconds since the method started, validation score) per finished trial
@@ -200,6 +201,7 @@ def run_method(bench: Bench, method: str) -> MethodResult:
         result = MethodResult(method, {}, bench.plan.planned(method), error=f"{type(exc).__name__}: {exc}")
     finally:
         keras.backend.clear_session()
+        get_reusable_executor().shutdown(wait=True)  # every method starts its own workers and frees their memory
     return replace(result, started=started, wall_time=time.time() - started)
 
 
@@ -271,7 +273,7 @@ def run_random_search(bench: Bench, started: float) -> MethodResult:
         make_estimator(bench.data, bench.defaults, bench.config.model, bench.seed), distributions,
         n_iter=bench.plan.random_n_iter, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
         n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
-        refit=False, error_score=np.nan)
+        refit=False, error_score=np.nan, return_train_score=False)
     settings = {"n_iter": bench.plan.random_n_iter, "cv": coarse.cv, "epochs": bench.plan.epochs}
     return _sklearn_search(bench, "random-search", search, recorder, settings, started)
 
@@ -288,7 +290,7 @@ def run_halving(bench: Bench, started: float) -> MethodResult:
         n_candidates=bench.plan.halving_candidates, resource=resource, max_resources=bench.plan.epochs,
         min_resources="exhaust", factor=factor, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
         n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
-        refit=False, error_score=np.nan)
+        refit=False, error_score=np.nan, return_train_score=False)  # halving scores the train folds by default
     settings = {"n_candidates": bench.plan.halving_candidates, "factor": factor, "max_resources": bench.plan.epochs,
                 "cv": coarse.cv}
     result = _sklearn_search(bench, "halving-random-search", search, recorder, settings, started)
@@ -302,7 +304,6 @@ def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecord
     with _threads_per_worker(_workers(search.n_jobs)), warnings.catch_warnings():
         warnings.simplefilter("ignore", FitFailedWarning)  # failed fits score NaN, as in searchlab
         search.fit(bench.data.X_train, bench.data.y_train)
-    get_reusable_executor().shutdown(wait=True)  # hand the workers' TensorFlow memory back before the next method
     by_key: dict[str, list[dict[str, Any]]] = {}
     for fold in recorder.folds():
         by_key.setdefault(fold["key"], []).append(fold)
@@ -607,14 +608,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tracking-uri", help="MLflow store (default: the project's mlruns/mlflow.db)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
+    parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's and the workers' console chatter")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every method, e.g. model.patience=3")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not args.verbose:
+        _silence_native_stderr()  # as the searchlab command: TensorFlow's C++ and worker-process chatter
+        for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)  # Hyperband resumes
     register_schemas()
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = "compare-quick" if args.quick else "compare"

@@ -25,16 +25,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
-__all__ = [
-    "ParamView",
-    "best_so_far",
-    "confusion_matrix",
-    "influence",
-    "learning_curves",
-    "parallel_coordinates",
-    "regression_diagnostics",
-    "scores_vs_params",
-]
+__all__ = ["ParamView", "best_so_far", "confusion_matrix", "influence", "learning_curves", "parallel_coordinates",
+           "regression_diagnostics", "scores_vs_params"]
 
 Trials = Sequence[tuple[Mapping[str, Any], float]]
 
@@ -68,7 +60,7 @@ class ParamView:
 def learning_curves(history: Mapping[str, Sequence[float]], metric: str, path: Path | str) -> Path:
     """Loss and `metric` per epoch, each with its `val_` series when present; missing keys are skipped."""
     fig, axes = _figure(1, 2)
-    for ax, key in zip(axes[0], ("loss", metric)):
+    for ax, key in zip(axes[0], ("loss", metric), strict=True):
         for name, style in ((key, "-"), (f"val_{key}", "--")):
             values = np.asarray(history.get(name, ()), dtype="float64")
             if values.size:
@@ -91,7 +83,7 @@ def scores_vs_params(trials: Trials, params: Sequence[ParamView], metric: str, p
     fig, axes = _figure(nrows, ncols, size)
     done = [(p, s) for p, s in trials if math.isfinite(s)]
     scores = np.array([s for _, s in done], dtype="float64")
-    for ax, view in zip(axes.flat, params):
+    for ax, view in zip(axes.flat[: len(params)], params, strict=True):
         raw = [p.get(view.name) for p, _ in done]
         if view.kind == "choice":
             _choice_panel(ax, view, raw, scores)
@@ -112,11 +104,11 @@ def scores_vs_params(trials: Trials, params: Sequence[ParamView], metric: str, p
 
 def influence(influences: Mapping[str, float], kept: set[str], path: Path | str) -> Path:
     """Horizontal bars of each hyperparameter's share of score variance explained, kept ones highlighted."""
-    ranked = sorted(influences.items(), key=lambda item: item[1])  # barh draws bottom-up: largest on top
+    clean = {name: share if math.isfinite(share) else 0.0 for name, share in influences.items()}
+    ranked = sorted(clean.items(), key=lambda item: item[1])  # barh draws bottom-up: largest on top
     fig, axes = _figure(1, 1, (8.0, max(_SIZE[1], 0.4 * len(ranked) + 1.5)))
     ax = axes[0, 0]
-    names = [name for name, _ in ranked]
-    shares = [share if math.isfinite(share) else 0.0 for _, share in ranked]
+    names, shares = [name for name, _ in ranked], [share for _, share in ranked]
     ax.barh(names, shares, color=[_KEPT if name in kept else _OTHER for name in names])
     for y, share in enumerate(shares):
         ax.text(share + 0.01, y, f"{share:.0%}", va="center", fontsize=9)
@@ -151,12 +143,10 @@ def parallel_coordinates(
             ax.plot(x, levels[i], color=sm.to_rgba(scores[i]), linewidth=1.5, alpha=0.8,
                     marker="o" if len(names) == 1 else None)
         fig.colorbar(sm, ax=ax, label=metric)
+    failed = " (failed in grey)" if (~ok).any() else ""
     ax.set(xlim=(-0.3, max(len(names) - 0.7, 0.3)), ylim=(-0.05, 1.05), yticks=[],
-           title=f"Trials across hyperparameters, coloured by {metric}")
+           title=f"Trials across hyperparameters, coloured by {metric}{failed}")
     ax.set_xticks(x, list(names), rotation=30 if len(names) > 5 else 0)
-    if (~ok).any():
-        ax.plot([], [], color=_FAILED, label="failed trial")
-        ax.legend(loc="upper right", fontsize=8)
     if not names or not trials:
         _note(ax, "nothing to draw")
     return _save(fig, path)
@@ -168,8 +158,7 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, class_names: Sequence
     `y_true` and `y_pred` hold class indices into `class_names`, or the class names themselves.
     """
     truth, pred = _class_indices(y_true, class_names), _class_indices(y_pred, class_names)
-    if truth.size != pred.size:
-        raise ValueError(f"y_true and y_pred must have the same length, got {truth.size} and {pred.size}")
+    _same_length("y_true", truth, "y_pred", pred)
     n = max([len(class_names), int(truth.max(initial=-1)) + 1, int(pred.max(initial=-1)) + 1, 1])
     labels = [str(c) for c in class_names] + [str(i) for i in range(len(class_names), n)]
     counts = np.zeros((n, n), dtype="int64")
@@ -179,7 +168,7 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, class_names: Sequence
     ax = axes[0, 0]
     image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, int(counts.max())))
     fig.colorbar(image, ax=ax, label="count", shrink=0.8)
-    fontsize = 10 if n <= 10 else max(5.0, 10 - (n - 10) * 0.4)
+    fontsize = 10 if n <= 10 else max(6.0, 10 - (n - 10) * 0.25)
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize,
                 color="white" if count > counts.max() / 2 else "black")
@@ -195,8 +184,7 @@ def regression_diagnostics(y_true: ArrayLike, y_pred: ArrayLike, path: Path | st
     """Predicted against actual (with y = x), and residuals against predicted (with zero)."""
     truth = np.asarray(y_true, dtype="float64").ravel()
     pred = np.asarray(y_pred, dtype="float64").ravel()
-    if truth.size != pred.size:
-        raise ValueError(f"y_true and y_pred must have the same length, got {truth.size} and {pred.size}")
+    _same_length("y_true", truth, "y_pred", pred)
     ok = np.isfinite(truth) & np.isfinite(pred)
     truth, pred = truth[ok], pred[ok]
     residuals = truth - pred
@@ -225,8 +213,7 @@ def best_so_far(
     """Best score so far against trial number and elapsed seconds; failed (NaN) trials keep the previous best."""
     values = np.asarray(scores, dtype="float64")
     elapsed = np.asarray(times, dtype="float64")
-    if values.size != elapsed.size:
-        raise ValueError(f"scores and times must have the same length, got {values.size} and {elapsed.size}")
+    _same_length("scores", values, "times", elapsed)
     running = np.fmax.accumulate if higher_is_better else np.fmin.accumulate  # fmax/fmin skip NaN
     order = np.argsort(elapsed, kind="stable")
     fig, axes = _figure(1, 2)
@@ -235,7 +222,7 @@ def best_so_far(
         ax.scatter(x, y, s=12, alpha=0.3, color=_OTHER, label="trial score")
         ax.step(x, running(y), where="post", color=_KEPT, linewidth=2, label="best so far")
         if np.isnan(y).any():
-            ax.plot(x[np.isnan(y)], np.zeros(int(np.isnan(y).sum())), "x", color="0.5",
+            ax.plot(x[np.isnan(y)], np.full(int(np.isnan(y).sum()), 0.03), "x", color="0.4",
                     transform=ax.get_xaxis_transform(), label="failed trial")
         ax.set(title=f"Best {metric} by {label}", xlabel=label, ylabel=metric)
         ax.legend(fontsize=8)
@@ -269,6 +256,11 @@ def _spread(lo: float, hi: float) -> tuple[float, float]:
     return float(lo) - pad, float(hi) + pad
 
 
+def _same_length(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
+    if a.size != b.size:
+        raise ValueError(f"{name_a} and {name_b} must have the same length, got {a.size} and {b.size}")
+
+
 def _note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
@@ -284,14 +276,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _class_indices(y: ArrayLike, class_names: Sequence[str]) -> np.ndarray:
     labels = np.asarray(y).ravel()
     if labels.dtype.kind in "iubf":
-        indices = np.rint(labels.astype("float64")).astype("int64")
+        indices: np.ndarray = np.rint(labels.astype("float64")).astype("int64")
         if indices.size and indices.min() < 0:
             raise ValueError(f"class indices must be >= 0, got {int(indices.min())}")
         return indices
@@ -336,11 +324,15 @@ def _choice_panel(ax: Axes, view: ParamView, raw: list[Any], scores: np.ndarray)
     ax.set_xlim(-0.6, max(len(categories), 1) - 0.4)
 
 
+def _label(ax: Axes, position: int, level: float, text: str) -> None:
+    ax.text(position + 0.03, level, text, fontsize=8, va="center", bbox={"fc": "white", "ec": "none", "alpha": 0.7})
+
+
 def _normalized_axis(ax: Axes, position: int, raw: list[Any], log: bool) -> list[float]:
     """Map one hyperparameter's values to 0..1, draw its axis and label its ends in original units."""
     present = [v for v in raw if v is not None]
     ax.axvline(position, color="0.3", linewidth=1)
-    if present and all(_is_number(v) for v in present):
+    if present and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in present):
         x = np.array([_as_float(v) for v in raw], dtype="float64")
         log = log and bool(np.nanmin(x, initial=np.inf) > 0)
         scaled = np.log10(x) if log else x
@@ -349,11 +341,11 @@ def _normalized_axis(ax: Axes, position: int, raw: list[Any], log: bool) -> list
         levels = (scaled - lo) / span if span > 0 else np.where(np.isnan(scaled), np.nan, 0.5)
         ticks = {0.0: lo, 1.0: hi} if span > 0 else {0.5: lo}
         for level, value in ticks.items():
-            ax.text(position + 0.03, level, _fmt(10**value if log else value), fontsize=8, va="center")
+            _label(ax, position, level, _fmt(10**value if log else value))
         return [float(v) for v in levels]
     categories = sorted({str(v) for v in present})
     step = 1 / (len(categories) - 1) if len(categories) > 1 else 0.0
     where = {c: i * step if len(categories) > 1 else 0.5 for i, c in enumerate(categories)}
     for category, level in where.items():
-        ax.text(position + 0.03, level, category, fontsize=8, va="center")
+        _label(ax, position, level, category)
     return [where[str(v)] if v is not None else math.nan for v in raw]

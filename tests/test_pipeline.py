@@ -59,6 +59,9 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
             for trial in trials:
                 assert {"cv_score_mean", "cv_score_std", "cv_score_fold_0", "cv_score_fold_1"} <= set(trial.data.metrics)
                 assert "units" in trial.data.params
+                number = int(trial.data.tags["searchlab.candidate"])
+                assert trial.info.run_name.startswith(f"coarse-{number:03d} ")
+                assert f"units={trial.data.params['units']}" in trial.info.run_name
         else:
             assert len(trials) == len(result.fine.trials) + 1  # + the coarse winner
             assert len(trials) >= 3
@@ -133,6 +136,18 @@ def test_binary_smoke(make_config: Callable[..., Config], store_uri: str) -> Non
     assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
     assert all(t.ok for t in result.fine.trials)
     assert result.final.test_metrics["roc_auc"] > 0.5
+
+
+def test_hyperband_fine_stage(make_config: Callable[..., Config], store_uri: str) -> None:
+    config = make_config("experiment=smoke", "search/fine=hyperband", "search.fine.max_epochs=4",
+                         "dataset=synthetic", "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",
+                         "tracking.log_model=false")
+    result = pipeline.run(config)
+    assert len(result.fine.trials) >= 3
+    assert all(set(t.tuned) == set(result.fine_space.tuned) for t in result.fine.trials)
+    for trial in result.fine.trials:  # Hyperband's continued trials resume from a later epoch
+        assert len(trial.curves["loss"]) + trial.first_epoch <= 4
+    assert result.final.test_metrics["accuracy"] > result.final.baseline_metrics["accuracy"]
 
 
 def test_regression_smoke(make_config: Callable[..., Config], store_uri: str) -> None:

@@ -32,7 +32,7 @@ def _coarse_trials(n: int = 24, seed: int = 0) -> list[tuple[dict[str, Any], flo
     trials = []
     for i in range(n):
         lr = float(10 ** rng.uniform(-4, -1))
-        params = {
+        params: dict[str, Any] = {
             "learning_rate": lr,
             "units": int(rng.integers(8, 257)),
             "dropout": float(rng.uniform(0, 0.5)),
@@ -87,6 +87,11 @@ def test_influence(tmp_path: Path) -> None:
     shares = {"learning_rate": 0.55, "units": 0.2, "dropout": 0.05, "activation": 0.0, "l2": NAN}
     path = plots.influence(shares, {"learning_rate", "units"}, tmp_path / "influence.png")
     _check_png(path, min_colours=10)
+    with Image.open(path) as image:  # the largest share (kept, orange) is the topmost bar, NaN counts as 0
+        rgb = image.convert("RGB")
+        column = [rgb.getpixel((rgb.width // 3, y)) for y in range(rgb.height)]
+    first_bar = next(p for p in column if isinstance(p, tuple) and max(p) - min(p) > 100)
+    assert first_bar[0] > 200 and first_bar[2] < 100
     _check_png(plots.influence({}, set(), tmp_path / "empty.png"))
 
 
@@ -167,6 +172,6 @@ def test_imports_no_heavy_dependencies() -> None:
     import subprocess
     import sys
 
-    code = "import sys, searchlab.plots; print(sorted(m for m in ('keras', 'tensorflow', 'mlflow') if m in sys.modules))"
+    code = "import sys, searchlab.plots; print(sorted({'keras', 'tensorflow', 'mlflow'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
