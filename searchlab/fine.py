@@ -7,6 +7,7 @@ winner is trained under the same protocol, so the final choice compares like wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,8 @@ import keras
 import keras_tuner as kt
 import keras_tuner.src.config as kt_config
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
+from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 from sklearn.model_selection import train_test_split
 
 from searchlab.config import FineConfig, ModelConfig
@@ -27,6 +30,7 @@ from searchlab.model import Scalers, build_model, split_hyperparameters, trainin
 from searchlab.narrow import FineSpace
 
 COARSE_WINNER = "coarse-winner"
+_TRIALS_PER_WORKER = 25  # trials a worker process trains before it is replaced (~5 MiB kept per model)
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,7 @@ def run_fine(
     scalers = Scalers.fit(X_fit, y_fit, data.task)
     X_fit, y_fit = scalers.transform(X_fit, y_fit)
     X_val, y_val = scalers.transform(X_val, y_val)
-    base = {**defaults, **space.fixed}
-    hypermodel = _MLPHyperModel(data, space, base, settings, model_settings, scalers.target_scale, seed, verbose)
+    hypermodel = _MLPHyperModel(space, {**defaults, **space.fixed}, settings)
     objective = kt.Objective("val_" + scoring.keras_name, scoring.direction)
     common = dict(objective=objective, seed=seed, max_consecutive_failed_trials=10**9,
                   executions_per_trial=settings.executions_per_trial, directory=str(workdir),
@@ -109,30 +112,87 @@ def run_fine(
                                   hyperband_iterations=settings.hyperband_iterations, **common)
     else:
         tuner = _TrackedGridSearch(hypermodel, **common)
-    tuner.setup_tracking(scoring, on_trial, done)
-    fit_data = dict(x=X_fit, y=y_fit, validation_data=(X_val, y_val), callbacks=training_callbacks(model_settings))
-    tuner.search(**fit_data, verbose=0)
-
-    winner = done.get(COARSE_WINNER)
-    if winner is None:
-        winner_values = {**defaults, **coarse_best}
-        if settings.kind == "hyperband":
-            winner_values["epochs"] = settings.max_epochs
-        winner = tuner.train_fixed(COARSE_WINNER, winner_values, fit_data)
-        on_trial(winner)
+    job = _TrainJob({}, (X_fit, y_fit, X_val, y_val), data.task, data.n_classes, scalers.target_scale,
+                    model_settings, seed, settings.executions_per_trial, model_settings.epochs,
+                    objective=objective.name, negated=scoring.negated, verbose=verbose)
+    tuner.setup(scoring, on_trial, done, job)
+    try:
+        tuner.search(verbose=0)
+        winner = done.get(COARSE_WINNER)
+        if winner is None:
+            winner_values = {**defaults, **coarse_best}
+            if settings.kind == "hyperband":
+                winner_values["epochs"] = settings.max_epochs
+            winner = tuner.train_fixed(COARSE_WINNER, winner_values)
+            on_trial(winner)
+    finally:
+        get_reusable_executor().shutdown(wait=False, kill_workers=True)
     trials = sorted(tuner.finished.values(), key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
 
 
-class _MLPHyperModel(kt.HyperModel):
-    """Builds `searchlab.model.build_model` from the tuned hyperparameters plus fixed ones."""
+@dataclass(frozen=True)
+class _TrainJob:
+    """One trial's training, run in a worker process (`_train`)."""
 
-    def __init__(self, data: Dataset, space: FineSpace, base: dict[str, Any], settings: FineConfig,
-                 model_settings: ModelConfig, target_scale: float, seed: int, verbose: int) -> None:
+    values: dict[str, Any]
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # X_fit, y_fit, X_val, y_val (scaled)
+    task: str
+    n_classes: int
+    target_scale: float
+    model_settings: ModelConfig
+    seed: int
+    executions: int
+    epochs: int
+    initial_epoch: int = 0
+    load_weights: str | None = None  # Hyperband continues a trial from an earlier one's weights
+    save_weights: str | None = None
+    objective: str = "val_loss"
+    negated: bool = True
+    verbose: int = 0
+
+
+def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
+    """Train `job.executions` models; return each one's per-epoch logs (with an "epoch" key).
+
+    Runs in a worker process: TensorFlow keeps a few MiB per trained model that clear_session
+    does not give back, so trials train away from the search process, whose workers are replaced.
+    """
+    X_fit, y_fit, X_val, y_val = job.data
+    build, fit = split_hyperparameters(job.values)
+    histories = []
+    for _ in range(job.executions):
+        keras.utils.set_random_seed(job.seed)
+        model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
+                            steps_per_execution=job.model_settings.steps_per_execution,
+                            target_scale=job.target_scale, **build)
+        if job.load_weights:
+            model.load_weights(job.load_weights)
+        callbacks = training_callbacks(job.model_settings)
+        if job.save_weights:
+            callbacks.append(SaveBestEpoch(kt.Objective(job.objective, "min" if job.negated else "max"),
+                                           job.save_weights))
+        history = model.fit(X_fit, y_fit, validation_data=(X_val, y_val), batch_size=fit["batch_size"],
+                            epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks,
+                            verbose=2 if job.verbose >= 2 else 0)
+        losses = history.history.get("loss", [])
+        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+        if bad:
+            raise kt.errors.FailedTrialError(
+                f"training loss became {losses[bad[0]]} at epoch {job.initial_epoch + bad[0] + 1}")
+        histories.append({"epoch": [float(e) for e in history.epoch],
+                          **{k: [float(v) for v in vs] for k, vs in history.history.items()}})
+        del model
+        keras.backend.clear_session()
+    return histories
+
+
+class _MLPHyperModel(kt.HyperModel):
+    """Declares the fine space to KerasTuner; models are built and trained in `_train`."""
+
+    def __init__(self, space: FineSpace, base: dict[str, Any], settings: FineConfig) -> None:
         super().__init__()
-        self.data, self.space, self.base = data, space, base
-        self.settings, self.model_settings = settings, model_settings
-        self.target_scale, self.seed, self.verbose = target_scale, seed, verbose
+        self.space, self.base, self.settings = space, base, settings
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
         """Every hyperparameter for one trial: the tuned ones from `hp`, the rest from `base`."""
@@ -144,54 +204,45 @@ class _MLPHyperModel(kt.HyperModel):
                 tuned[name] = param.declare(hp)
         return {**self.base, **tuned}
 
-    def build(self, hp: kt.HyperParameters) -> keras.Model:
-        return self.build_values(self.values(hp))
-
-    def build_values(self, values: dict[str, Any]) -> keras.Model:
-        keras.utils.set_random_seed(self.seed)
-        build, _ = split_hyperparameters(values)
-        return build_model(n_features=self.data.n_features, task=self.data.task, n_classes=self.data.n_classes,
-                           steps_per_execution=self.model_settings.steps_per_execution,
-                           target_scale=self.target_scale, **build)
-
-    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
-        return self.fit_values(self.values(hp), model, *args, **kwargs)
-
-    def fit_values(self, values: dict[str, Any], model: keras.Model, *args: Any, **kwargs: Any) -> Any:
-        _, fit = split_hyperparameters(values)
-        kwargs.setdefault("epochs", fit["epochs"])  # Hyperband passes its own epoch budget
-        kwargs["verbose"] = 2 if self.verbose >= 2 else 0
-        history = model.fit(*args, batch_size=fit["batch_size"], **kwargs)
-        losses = history.history.get("loss", [])
-        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
-        if bad:
-            raise kt.errors.FailedTrialError(f"training loss became {losses[bad[0]]} at epoch {bad[0] + 1}")
-        return history
+    def build(self, hp: kt.HyperParameters) -> None:
+        self.values(hp)  # declaring is all KerasTuner needs here: `_TrackingMixin.run_trial` trains
 
 
 class _TrackingMixin:
-    """Turns KerasTuner's trial hooks into `FineTrial` records handed to a callback.
-
-    Hooks, not a callback passed to `search()`: KerasTuner deep-copies those (COMPAT.md).
-    """
+    """Trains each trial in a worker process and turns it into a `FineTrial` record for a callback."""
 
     hypermodel: _MLPHyperModel
     executions_per_trial: int
+    oracle: Any
 
-    def setup_tracking(self, scoring: Scoring, on_trial: Callable[[FineTrial], None],
-                       done: dict[str, FineTrial]) -> None:
-        self.scoring, self.on_trial_done = scoring, on_trial
+    def setup(self, scoring: Scoring, on_trial: Callable[[FineTrial], None], done: dict[str, FineTrial],
+              job: _TrainJob) -> None:
+        self.scoring, self.on_trial_done, self.job = scoring, on_trial, job
         self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
         self._epochs: list[dict[str, float]] = []
         self._started = 0.0
+        self._trained = 0
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list[keras.callbacks.History]:
+        hp = trial.hyperparameters.values
+        previous = hp.get("tuner/trial_id")
+        job = dataclasses.replace(
+            self.job, values=self.hypermodel.values(trial.hyperparameters.copy()),
+            epochs=int(hp.get("tuner/epochs", self.job.epochs)), initial_epoch=int(hp.get("tuner/initial_epoch", 0)),
+            load_weights=self._get_checkpoint_fname(previous) if previous else None,  # type: ignore[attr-defined]
+            save_weights=self._get_checkpoint_fname(trial.trial_id) if "tuner/epochs" in hp else None,  # type: ignore[attr-defined]
+        )
+        histories = []
+        for logs in self._in_worker(job):
+            history = keras.callbacks.History()
+            history.epoch = [int(e) for e in logs.pop("epoch")]
+            history.history = logs
+            histories.append(history)
+        return histories
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)  # type: ignore[misc]
         self._epochs, self._started = [], time.time()
-
-    def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict[str, float] | None = None) -> None:
-        super().on_epoch_end(trial, model, epoch, logs=logs)  # type: ignore[misc]
-        self._epochs.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         # Report before KerasTuner saves the trial as ended: if the search stops in between, the
@@ -207,20 +258,25 @@ class _TrackingMixin:
             self.on_trial_done(record)
         super().on_trial_end(trial)  # type: ignore[misc]
 
-    def train_fixed(self, trial_id: str, values: dict[str, Any], fit_data: dict[str, Any]) -> FineTrial:
+    def train_fixed(self, trial_id: str, values: dict[str, Any]) -> FineTrial:
         """Train fixed hyperparameter values under the trials' protocol (data, callbacks, executions)."""
         self._epochs, self._started = [], time.time()
         error = None
         try:
-            for _ in range(self.executions_per_trial):
-                model = self.hypermodel.build_values(values)
-                callbacks = [*fit_data["callbacks"], _EpochRecorder(self._epochs)]
-                self.hypermodel.fit_values(values, model, fit_data["x"], fit_data["y"],
-                                           validation_data=fit_data["validation_data"], callbacks=callbacks)
-                del model
+            self._in_worker(dataclasses.replace(self.job, values=values, epochs=int(values["epochs"])))
         except kt.errors.FailedTrialError as exc:
             error = str(exc)
         return self._record(trial_id, values, {}, error)
+
+    def _in_worker(self, job: _TrainJob) -> list[dict[str, list[float]]]:
+        if self._trained and self._trained % _TRIALS_PER_WORKER == 0:
+            get_reusable_executor().shutdown(wait=True)  # a fresh worker: see `_train`
+        self._trained += 1
+        histories = get_reusable_executor(max_workers=1).submit(_train, job).result()
+        for logs in histories:
+            for i, epoch in enumerate(logs["epoch"]):
+                self._epochs.append({"epoch": epoch, **{k: v[i] for k, v in logs.items() if k != "epoch"}})
+        return histories
 
     def _record(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any], error: str | None) -> FineTrial:
         curves = _mean_by_epoch(self._epochs)
@@ -229,17 +285,7 @@ class _TrackingMixin:
         series = [v for v in curves.get(key, []) if math.isfinite(v)]
         best = (min(series) if self.scoring.negated else max(series)) if series else float("nan")
         score = self.scoring.to_score(best) if error is None else float("nan")
-        keras.backend.clear_session()
         return FineTrial(trial_id, values, tuned, score, curves, error, self._started, time.time(), first_epoch)
-
-
-class _EpochRecorder(keras.callbacks.Callback):
-    def __init__(self, sink: list[dict[str, float]]) -> None:
-        super().__init__()
-        self.sink = sink
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self.sink.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
 
 
 class _TrackedGridSearch(_TrackingMixin, kt.GridSearch):
