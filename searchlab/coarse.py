@@ -229,15 +229,19 @@ def run_coarse(
         per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if workers > 1 else len(pending)
         with _threads_per_worker(workers), warnings.catch_warnings():
             warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
-            for start in range(0, len(pending), per_slice):
-                if start:
-                    get_reusable_executor().shutdown(wait=True)
-                search.numbers = set(pending[start:start + per_slice])
-                try:
-                    search.fit(data.X_train, data.y_train)
-                except IndexError:
-                    if any(t.ok for t in trials):
-                        raise  # scikit-learn trips on a slice where no fit succeeded; anything else is a bug
+            try:
+                for start in range(0, len(pending), per_slice):
+                    if start:
+                        get_reusable_executor().shutdown(wait=True)
+                    search.numbers = set(pending[start:start + per_slice])
+                    try:
+                        search.fit(data.X_train, data.y_train)
+                    except IndexError:
+                        if any(t.ok for t in trials):
+                            raise  # scikit-learn trips on a slice where no fit succeeded; anything else is a bug
+            finally:
+                if workers > 1:  # idle workers hold ~1 GB each; on Ctrl-C they must not go on training
+                    get_reusable_executor().shutdown(wait=False, kill_workers=True)
     return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), scoring)
 
 

@@ -208,7 +208,8 @@ class Tracker:
             now = _ms(time.time())
             metrics = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
         metric_chunks: list[list[Metric]] = _chunks(list(metrics), 1000)
-        param_chunks: list[list[Param]] = _chunks([Param(k, redact(_param_text(v))) for k, v in (params or {}).items()], _MAX_PARAMS)
+        param_list = [Param(k, redact(_param_text(v))) for k, v in (params or {}).items()]
+        param_chunks: list[list[Param]] = _chunks(param_list, _MAX_PARAMS)
         tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
         empty: list[Any] = []
         for i, (metric_chunk, param_chunk) in enumerate(zip_longest(metric_chunks, param_chunks, fillvalue=empty)):
