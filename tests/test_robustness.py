@@ -258,7 +258,7 @@ def test_same_seed_same_search(twin_searches: tuple[pipeline.SearchResult, pipel
     a, b = twin_searches
     assert [t.params for t in a.coarse.trials] == [t.params for t in b.coarse.trials]
 
-    coarse_drift = max(abs(x.mean_score - y.mean_score) for x, y in zip(a.coarse.trials, b.coarse.trials)
+    coarse_drift = max(abs(x.mean_score - y.mean_score) for x, y in zip(a.coarse.trials, b.coarse.trials, strict=True)
                        if x.ok and y.ok)
     b_fine = {t.trial_id: t for t in (*b.fine.trials, b.fine.coarse_winner)}
     fine_drift = max(abs(t.score - b_fine[t.trial_id].score) for t in (*a.fine.trials, a.fine.coarse_winner)
