@@ -67,7 +67,7 @@ SHARED = ("avila-tr", "tree_class", "traffic_volume")
 TASKS = {"avila-tr": "binary", "tree_class": "binary", "traffic_volume": "regression"}
 # Tiny budgets everywhere, but the full wide space: two data sets in under 10 minutes on 2 cores.
 QUICK = ("model.epochs=6", "model.patience=2", "search.coarse.n_iter=4", "search.coarse.cv=2",
-         "search.fine.max_params=1", "search.fine.points=3", "search.fine.max_epochs=6")
+         "search.fine.max_params=1", "search.fine.points=2", "search.fine.max_epochs=6")
 QUICK_DATASETS = ("digits", "avila-tr")
 SEARCHLAB_EXPERIMENT = "bench-searchlab"  # the searchlab methods' own run trees
 Trace = list[tuple[float, float]]  # (seconds since the method started, validation score) per finished trial

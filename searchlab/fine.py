@@ -90,10 +90,11 @@ def run_fine(
     Args:
         defaults: values for hyperparameters neither tuned nor fixed by `space`.
         coarse_best: the coarse winner's sampled values.
-        workdir: KerasTuner's project directory; an existing one is resumed (KerasTuner reloads
-            its finished trials and retries the one that was running).
+        workdir: where KerasTuner and the Hyperband checkpoints live; kept for resuming.
         on_trial: called with each newly finished trial, the coarse winner last.
-        done: trials already recorded (by trial id), reused rather than reported again.
+        done: trials already recorded (by trial id), replayed rather than trained again. KerasTuner
+            cannot reload a grid search (keras-tuner#1055), so a resumed search starts the tuner
+            afresh: it proposes the same trials in the same order and the recorded ones are replayed.
     """
     done = dict(done or {})
     kt_config.DEBUG = verbose >= 2  # KerasTuner prints every failed trial's traceback by default
@@ -105,7 +106,7 @@ def run_fine(
     objective = kt.Objective("val_" + scoring.keras_name, scoring.direction)
     common = dict(objective=objective, seed=seed, max_consecutive_failed_trials=10**9,
                   executions_per_trial=settings.executions_per_trial, directory=str(workdir),
-                  project_name="fine", overwrite=not (workdir / "fine" / "oracle.json").exists())
+                  project_name="fine", overwrite=True)
     tuner: kt.Tuner
     if settings.kind == "hyperband":
         tuner = _TrackedHyperband(hypermodel, max_epochs=settings.max_epochs, factor=settings.factor,
@@ -115,7 +116,7 @@ def run_fine(
     job = _TrainJob({}, (X_fit, y_fit, X_val, y_val), data.task, data.n_classes, scalers.target_scale,
                     model_settings, seed, settings.executions_per_trial, model_settings.epochs,
                     objective=objective.name, negated=scoring.negated, verbose=verbose)
-    tuner.setup(scoring, on_trial, done, job)
+    tuner.setup(scoring, on_trial, done, job, workdir / "weights")
     try:
         tuner.search(verbose=0)
         winner = done.get(COARSE_WINNER)
@@ -216,8 +217,10 @@ class _TrackingMixin:
     oracle: Any
 
     def setup(self, scoring: Scoring, on_trial: Callable[[FineTrial], None], done: dict[str, FineTrial],
-              job: _TrainJob) -> None:
+              job: _TrainJob, weights_dir: Path) -> None:
         self.scoring, self.on_trial_done, self.job = scoring, on_trial, job
+        self.weights_dir = weights_dir
+        weights_dir.mkdir(parents=True, exist_ok=True)
         self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
         self._epochs: list[dict[str, float]] = []
         self._started = 0.0
@@ -225,20 +228,22 @@ class _TrackingMixin:
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list[keras.callbacks.History]:
         hp = trial.hyperparameters.values
+        values = self.hypermodel.values(trial.hyperparameters.copy())
+        recorded = self.finished.get(trial.trial_id)
+        if recorded is not None and recorded.params == values:  # resumed: replay, don't train again
+            if recorded.error:
+                raise kt.errors.FailedTrialError(recorded.error)
+            epochs = len(next(iter(recorded.curves.values()), []))
+            first = recorded.first_epoch
+            return [_history({**recorded.curves, "epoch": [float(first + i) for i in range(epochs)]})]
         previous = hp.get("tuner/trial_id")
         job = dataclasses.replace(
-            self.job, values=self.hypermodel.values(trial.hyperparameters.copy()),
+            self.job, values=values,
             epochs=int(hp.get("tuner/epochs", self.job.epochs)), initial_epoch=int(hp.get("tuner/initial_epoch", 0)),
-            load_weights=self._get_checkpoint_fname(previous) if previous else None,  # type: ignore[attr-defined]
-            save_weights=self._get_checkpoint_fname(trial.trial_id) if "tuner/epochs" in hp else None,  # type: ignore[attr-defined]
+            load_weights=str(self.weights_dir / f"{previous}.weights.h5") if previous else None,
+            save_weights=str(self.weights_dir / f"{trial.trial_id}.weights.h5") if "tuner/epochs" in hp else None,
         )
-        histories = []
-        for logs in self._in_worker(job):
-            history = keras.callbacks.History()
-            history.epoch = [int(e) for e in logs.pop("epoch")]
-            history.history = logs
-            histories.append(history)
-        return histories
+        return [_history(logs) for logs in self._in_worker(job)]
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)  # type: ignore[misc]
@@ -294,6 +299,14 @@ class _TrackedGridSearch(_TrackingMixin, kt.GridSearch):
 
 class _TrackedHyperband(_TrackingMixin, kt.Hyperband):
     pass
+
+
+def _history(logs: dict[str, list[float]]) -> keras.callbacks.History:
+    """Per-epoch logs (with an "epoch" key) as the `History` KerasTuner expects from a trial."""
+    history = keras.callbacks.History()
+    history.epoch = [int(e) for e in logs["epoch"]]
+    history.history = {k: v for k, v in logs.items() if k != "epoch"}
+    return history
 
 
 def _mean_by_epoch(records: list[dict[str, float]]) -> dict[str, list[float]]:

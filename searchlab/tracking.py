@@ -284,8 +284,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _param_text(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))  # the shortest text that reads back exactly: a resumed search needs that
     if isinstance(value, (list, tuple)):
         return json.dumps(list(value))
     return str(value)
