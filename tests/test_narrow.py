@@ -242,7 +242,7 @@ def _problem(draw: st.DrawFn) -> tuple[dict[str, Param], Trials, int, float]:
     params = [{name: draw(_value(p)) for name, p in space.items()} for _ in range(n)]
     scores = draw(st.lists(st.one_of(st.floats(-1e3, 1e3), st.just(float("nan"))), min_size=n, max_size=n))
     assume(any(math.isfinite(s) for s in scores))
-    return space, list(zip(params, scores)), draw(st.integers(1, 6)), draw(st.floats(0.01, 1.0))
+    return space, list(zip(params, scores, strict=True)), draw(st.integers(1, 6)), draw(st.floats(0.01, 1.0))
 
 
 def _inside(value: Any, param: Param) -> bool:
