@@ -3,7 +3,8 @@ measures it); these tests check the mechanism, not timings or sizes."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
