@@ -1,0 +1,337 @@
+"""The five benchmarked methods on one data set: each returns a `MethodResult`.
+
+Every method sees the same `Bench` (configuration, data and test split, budget plan). The three
+non-searchlab methods refit their best candidate on all training rows with
+`searchlab.final.refit_and_test`, for the epoch count where its validation loss was lowest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+from compare_budget import Plan
+from hydra import compose, initialize_config_dir
+from joblib.externals.loky import get_reusable_executor
+from sklearn.exceptions import FitFailedWarning
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingRandomSearchCV)
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV
+
+from searchlab import pipeline
+from searchlab.coarse import _find_net, _threads_per_worker, _workers, make_cv, make_estimator, param_key
+from searchlab.config import CONF_DIR, Config, from_dictconfig
+from searchlab.data import Dataset
+from searchlab.errors import SearchInterrupted
+from searchlab.final import best_epoch_count, refit_and_test
+from searchlab.fine import validation_split
+from searchlab.metrics import Scoring
+from searchlab.model import Scalers, build_model, split_hyperparameters, training_callbacks
+from searchlab.space import Param
+
+METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search")
+SEARCHLAB_EXPERIMENT = "bench-searchlab"  # the searchlab methods' own run trees
+Trace = list[tuple[float, float]]  # (seconds since the method started, validation score) per finished trial
+
+
+def compose_config(*overrides: str) -> Config:
+    """The project's real `conf/` with Hydra overrides, validated."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return from_dictconfig(compose("config", overrides=list(overrides)))
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every method on one data set shares."""
+
+    name: str
+    overrides: tuple[str, ...]  # Hydra overrides (data set, budgets, seed, tracking); searchlab methods add theirs
+    config: Config
+    data: Dataset
+    scoring: Scoring
+    plan: Plan
+    workdir: Path
+
+    @property
+    def space(self) -> dict[str, Param]:
+        return self.config.coarse_space()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.config.model.hyperparameters()
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    settings: dict[str, Any]
+    planned_epochs: int
+    best_val_score: float = math.nan  # the chosen candidate's validation score (scikit-learn sign: higher is better)
+    test: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
+    wall_time: float = 0.0
+    trials: int = 0
+    epochs_trained: int = 0
+    trace: Trace = field(default_factory=list)
+    best_params: dict[str, Any] = field(default_factory=dict)
+    search_run_id: str | None = None
+    error: str | None = None
+
+
+def run_method(bench: Bench, method: str) -> MethodResult:
+    """Run one method, timed; a method that fails is reported as failed and the benchmark goes on."""
+    runners: dict[str, Callable[[Bench, float], MethodResult]] = {
+        "searchlab-grid": lambda b, t: run_searchlab(b, "grid", t),
+        "searchlab-hyperband": lambda b, t: run_searchlab(b, "hyperband", t),
+        "random-search": run_random_search,
+        "kerastuner-hyperband": run_keras_tuner,
+        "halving-random-search": run_halving,
+    }
+    started = time.time()
+    try:
+        result = runners[method](bench, started)
+    except SearchInterrupted:
+        raise
+    except Exception as exc:  # one broken method must not lose the others' results
+        traceback.print_exc()
+        result = MethodResult(method, {}, bench.plan.planned(method), error=f"{type(exc).__name__}: {exc}")
+    finally:
+        keras.backend.clear_session()
+        get_reusable_executor().shutdown(wait=True)  # every method starts its own workers and frees their memory
+    return replace(result, started=started, wall_time=time.time() - started)
+
+
+def run_searchlab(bench: Bench, kind: str, started: float) -> MethodResult:
+    """A whole searchlab search; epochs from the result's curves (coarse: cv x the longest fold)."""
+    extra = [f"search/fine={kind}", f"tracking.experiment={SEARCHLAB_EXPERIMENT}", "tracking.log_model=false",
+             "verbose=0"]
+    if kind == "hyperband":
+        extra.append(f"search.fine.hyperband_iterations={bench.plan.hyperband_iterations}")
+    config = compose_config(*bench.overrides, *extra)
+    result = pipeline.run(config)
+    coarse, fine = result.coarse, result.fine
+    fine_trials = (*fine.trials, fine.coarse_winner)
+    epochs = (config.search.coarse.cv * sum(len(t.curves.get("loss", [])) for t in coarse.trials)
+              + config.search.fine.executions_per_trial * sum(len(t.curves.get("loss", [])) for t in fine_trials)
+              + len(result.final.history.get("loss", [])))
+    trace = sorted([(t.end_time - started, t.mean_score) for t in coarse.trials]
+                   + [(t.end_time - started, t.score) for t in fine_trials])
+    settings: dict[str, Any] = {"coarse.n_iter": config.search.coarse.n_iter, "coarse.cv": config.search.coarse.cv,
+                                "epochs": config.model.epochs, "fine.kind": kind,
+                                "fine.max_params": config.search.fine.max_params}
+    if kind == "grid":
+        settings["fine.points"] = config.search.fine.points
+    else:
+        settings |= {"fine.max_epochs": config.search.fine.max_epochs, "fine.factor": config.search.fine.factor,
+                     "fine.hyperband_iterations": config.search.fine.hyperband_iterations}
+    return MethodResult(f"searchlab-{kind}", settings, bench.plan.planned(f"searchlab-{kind}"), fine.best.score,
+                        _test_metrics(result.final.test_metrics), trials=len(coarse.trials) + len(fine_trials),
+                        epochs_trained=epochs, trace=trace, best_params=dict(result.final.params),
+                        search_run_id=result.run_id)
+
+
+# -- scikit-learn searches ----------------------------------------------------------------------
+
+class FoldRecorder:
+    """A scorer that also notes, per scored fold, the candidate, the time, the epochs trained and the
+    validation-loss curve, one JSON line per fold in a file per worker process (workers cannot report back)."""
+
+    def __init__(self, scoring: str, keys: Sequence[str], folder: Path) -> None:
+        self.scorer = get_scorer(scoring)
+        self.keys = list(keys)
+        self.folder = folder
+
+    def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
+        score = float(self.scorer(estimator, X, y))
+        history = _find_net(estimator).history_
+        params = estimator.get_params()
+        record = {"key": candidate_key({k: params[k] for k in self.keys}), "time": time.time(), "score": score,
+                  "epochs": len(history.get("loss", [])), "val_loss": [float(v) for v in history.get("val_loss", [])]}
+        with open(self.folder / f"{os.getpid()}.jsonl", "a") as out:
+            out.write(json.dumps(record) + "\n")
+        return score
+
+    def folds(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for path in sorted(self.folder.glob("*.jsonl"))
+                for line in path.read_text().splitlines()]
+
+
+def candidate_key(params: dict[str, Any]) -> str:
+    return json.dumps(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def run_random_search(bench: Bench, started: float) -> MethodResult:
+    """Plain RandomizedSearchCV over the coarse space, searchlab's estimator and folds."""
+    coarse = bench.config.search.coarse
+    distributions = _distributions(bench, skip=())
+    recorder = FoldRecorder(bench.scoring.name, list(distributions), _fresh_dir(bench.workdir / "random-search"))
+    search = RandomizedSearchCV(
+        make_estimator(bench.data, bench.defaults, bench.config.model, bench.seed), distributions,
+        n_iter=bench.plan.random_n_iter, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
+        n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
+        refit=False, error_score=np.nan, return_train_score=False)
+    settings = {"n_iter": bench.plan.random_n_iter, "cv": coarse.cv, "epochs": bench.plan.epochs}
+    return _sklearn_search(bench, "random-search", search, recorder, settings, started)
+
+
+def run_halving(bench: Bench, started: float) -> MethodResult:
+    """HalvingRandomSearchCV over the coarse space with the wrapper's epochs as the resource."""
+    coarse, factor = bench.config.search.coarse, bench.config.search.fine.factor
+    distributions = _distributions(bench, skip=("epochs",))  # the resource cannot also be searched
+    resource = param_key(bench.data, "epochs")
+    recorder = FoldRecorder(bench.scoring.name, [*distributions, resource],
+                            _fresh_dir(bench.workdir / "halving-random-search"))
+    search = HalvingRandomSearchCV(
+        make_estimator(bench.data, bench.defaults, bench.config.model, bench.seed), distributions,
+        n_candidates=bench.plan.halving_candidates, resource=resource, max_resources=bench.plan.epochs,
+        min_resources="exhaust", factor=factor, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
+        n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
+        refit=False, error_score=np.nan, return_train_score=False)  # halving scores the train folds by default
+    settings = {"n_candidates": bench.plan.halving_candidates, "factor": factor, "max_resources": bench.plan.epochs,
+                "cv": coarse.cv}
+    result = _sklearn_search(bench, "halving-random-search", search, recorder, settings, started)
+    return replace(result, settings={**settings, "min_resources": search.min_resources_,
+                                     "iterations": search.n_iterations_})
+
+
+def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecorder, settings: dict[str, Any],
+                    started: float) -> MethodResult:
+    """Fit a scikit-learn search as searchlab's coarse stage would, then refit its best on all training rows."""
+    with _threads_per_worker(_workers(search.n_jobs)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitFailedWarning)  # failed fits score NaN, as in searchlab
+        search.fit(bench.data.X_train, bench.data.y_train)
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for fold in recorder.folds():
+        by_key.setdefault(fold["key"], []).append(fold)
+    results = search.cv_results_
+    trace = sorted((max(f["time"] for f in by_key[key]) - started, float(score))
+                   for params, score in zip(results["params"], results["mean_test_score"], strict=True)
+                   if (key := candidate_key(params)) in by_key)
+    best = by_key[candidate_key(search.best_params_)]
+    # refit for the mean over folds of the epoch with the lowest validation loss (what early stopping kept)
+    epochs = round(float(np.mean([best_epoch_count({"val_loss": f["val_loss"]}, f["epochs"]) for f in best])))
+    params = {key.rsplit("__", 1)[-1]: _plain(value) for key, value in search.best_params_.items()}
+    test, refit_epochs = _refit(bench, params, epochs)
+    return MethodResult(method, settings, bench.plan.planned(method), float(search.best_score_), test,
+                        trials=len(results["params"]),
+                        epochs_trained=sum(f["epochs"] for folds in by_key.values() for f in folds) + refit_epochs,
+                        trace=trace, best_params=params)
+
+
+def _distributions(bench: Bench, skip: Sequence[str]) -> dict[str, Any]:
+    return {param_key(bench.data, name): param.distribution() for name, param in bench.space.items()
+            if name not in skip}
+
+
+# -- KerasTuner ---------------------------------------------------------------------------------
+
+class WideHyperModel(kt.HyperModel):
+    """`searchlab.model.build_model` with every coarse-space hyperparameter declared on `hp`.
+
+    Hyperband owns the epoch count, so `epochs` is never declared.
+    """
+
+    def __init__(self, bench: Bench, target_scale: float) -> None:
+        super().__init__()
+        self.bench, self.target_scale = bench, target_scale
+
+    def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        declared = {name: param.declare(hp) for name, param in self.bench.space.items() if name != "epochs"}
+        return {**self.bench.defaults, **declared}
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        keras.utils.set_random_seed(self.bench.seed)  # as searchlab's fine stage: same start for equal shapes
+        build, _ = split_hyperparameters(self.values(hp))
+        data = self.bench.data
+        return build_model(n_features=data.n_features, task=data.task, n_classes=data.n_classes,
+                           steps_per_execution=self.bench.config.model.steps_per_execution,
+                           target_scale=self.target_scale, **build)
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
+        _, fit = split_hyperparameters(self.values(hp))
+        history = model.fit(*args, batch_size=fit["batch_size"], **kwargs)
+        if not all(math.isfinite(v) for v in history.history.get("loss", [])):
+            raise kt.errors.FailedTrialError("training loss became NaN or infinite")
+        return history
+
+
+class RecordingHyperband(kt.Hyperband):
+    """Hyperband that keeps every trial's per-epoch validation loss and its end time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.val_loss: dict[str, list[tuple[int, float]]] = {}
+        self.ended: dict[str, float] = {}
+
+    def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict[str, float] | None = None) -> None:
+        super().on_epoch_end(trial, model, epoch, logs=logs)
+        self.val_loss.setdefault(trial.trial_id, []).append((epoch, float((logs or {}).get("val_loss", math.nan))))
+
+    def on_trial_end(self, trial: Any) -> None:
+        self.ended[trial.trial_id] = time.time()
+        super().on_trial_end(trial)
+
+
+def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
+    """KerasTuner Hyperband alone over the coarse space, on searchlab's fine-stage validation split."""
+    data, fine, scoring = bench.data, bench.config.search.fine, bench.scoring
+    X_fit, X_val, y_fit, y_val = validation_split(data, fine.validation_fraction, bench.seed)
+    scalers = Scalers.fit(X_fit, y_fit, data.task)
+    X_fit, y_fit = scalers.transform(X_fit, y_fit)
+    X_val, y_val = scalers.transform(X_val, y_val)
+    hypermodel = WideHyperModel(bench, scalers.target_scale)
+    tuner = RecordingHyperband(
+        hypermodel, objective=kt.Objective("val_" + scoring.keras_name, scoring.direction),
+        max_epochs=bench.plan.epochs, factor=fine.factor, hyperband_iterations=bench.plan.kt_iterations,
+        seed=bench.seed, max_consecutive_failed_trials=10**9, directory=str(bench.workdir), project_name="kerastuner",
+        overwrite=True)
+    tuner.search(X_fit, y_fit, validation_data=(X_val, y_val), callbacks=training_callbacks(bench.config.model),
+                 verbose=0)
+    trials = tuner.oracle.trials
+    trace = sorted((tuner.ended[tid] - started, scoring.to_score(t.score) if t.score is not None else math.nan)
+                   for tid, t in trials.items() if tid in tuner.ended)
+    best = tuner.oracle.get_best_trials(1)[0]
+    curve = tuner.val_loss.get(best.trial_id, [])
+    first = curve[0][0] if curve else 0  # Hyperband continues some trials from an earlier one's epochs
+    epochs = first + best_epoch_count({"val_loss": [v for _, v in curve]}, bench.plan.epochs)
+    params = {k: v for k, v in hypermodel.values(best.hyperparameters.copy()).items() if k != "epochs"}
+    test, refit_epochs = _refit(bench, params, epochs)
+    settings = {"max_epochs": bench.plan.epochs, "factor": fine.factor,
+                "hyperband_iterations": bench.plan.kt_iterations, "validation_fraction": fine.validation_fraction}
+    return MethodResult("kerastuner-hyperband", settings, bench.plan.kerastuner, scoring.to_score(best.score), test,
+                        trials=len(trials), epochs_trained=sum(map(len, tuner.val_loss.values())) + refit_epochs,
+                        trace=trace, best_params=params)
+
+
+def _refit(bench: Bench, params: dict[str, Any], epochs: int) -> tuple[dict[str, float], int]:
+    """Test metrics of `params` refit on all training rows, and the epochs that refit trained."""
+    final = refit_and_test(bench.data, {**bench.defaults, **params}, epochs, bench.config.model, bench.seed)
+    return _test_metrics(final.test_metrics), len(final.history.get("loss", []))
+
+
+def _test_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {**metrics, "mse": metrics["rmse"] ** 2} if "rmse" in metrics else dict(metrics)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _fresh_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=False)
+    return path
