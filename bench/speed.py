@@ -35,7 +35,7 @@ from searchlab.coarse import run_coarse
 from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
-from searchlab.model import Scalers, build_model, training_callbacks
+from searchlab.model import Scalers, build_model, fit_model, training_callbacks
 from searchlab.tracking import Tracker
 
 HP = dict(units=128, layers=2, dropout=0.1, l1=0.0, l2=1e-4, noise=0.0, learning_rate=1e-3, optimizer="adam",
@@ -79,8 +79,8 @@ def per_epoch(X: np.ndarray, y: np.ndarray, epochs: int, repeats: int) -> dict[s
         split = int(len(X) * 0.8)
         callbacks = training_callbacks(config().model)
         callbacks[0].patience = epochs  # measure every epoch
-        model.fit(X[:split], y[:split], validation_data=(X[split:], y[split:]), batch_size=BATCH, epochs=epochs,
-                  verbose=0, callbacks=[*callbacks, timer])
+        fit_model(model, X[:split], y[:split], validation=(X[split:], y[split:]), batch_size=BATCH, epochs=epochs,
+                  seed=0, callbacks=[*callbacks, timer])
         searchlab_s.append(epoch_times(timer.times))
         first_epoch_extra.append(timer.times[0] - epoch_times(timer.times))
         keras.backend.clear_session()

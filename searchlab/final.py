@@ -17,7 +17,14 @@ from sklearn.dummy import DummyClassifier, DummyRegressor
 from searchlab.config import ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import evaluate_predictions
-from searchlab.model import Scalers, StopOnNonFiniteLoss, build_model, predict_scores, split_hyperparameters
+from searchlab.model import (
+    Scalers,
+    StopOnNonFiniteLoss,
+    build_model,
+    fit_model,
+    predict_scores,
+    split_hyperparameters,
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,8 @@ def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings:
     keras.utils.set_random_seed(seed)
     net = build_model(n_features=data.n_features, task=data.task, n_classes=data.n_classes,
                       steps_per_execution=settings.steps_per_execution, target_scale=scalers.target_scale, **build)
-    history = net.fit(X, y, batch_size=fit["batch_size"], epochs=epochs, verbose=2 if verbose >= 2 else 0,
-                      callbacks=[StopOnNonFiniteLoss()])
+    history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed,
+                        callbacks=[StopOnNonFiniteLoss()], verbose=2 if verbose >= 2 else 0)
     model = scalers.wrap(net)
     prediction = predict_scores(model, data.X_test, data.task)
     return FinalResult(

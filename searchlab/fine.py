@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from searchlab.config import FineConfig, ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
-from searchlab.model import Scalers, build_model, split_hyperparameters, training_callbacks
+from searchlab.model import Scalers, build_model, fit_model, split_hyperparameters, training_callbacks
 from searchlab.narrow import FineSpace
 
 COARSE_WINNER = "coarse-winner"
@@ -173,8 +173,8 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
         if job.save_weights:
             callbacks.append(SaveBestEpoch(kt.Objective(job.objective, "min" if job.negated else "max"),
                                            job.save_weights))
-        history = model.fit(X_fit, y_fit, validation_data=(X_val, y_val), batch_size=fit["batch_size"],
-                            epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks,
+        history = fit_model(model, X_fit, y_fit, validation=(X_val, y_val), batch_size=fit["batch_size"],
+                            epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks, seed=job.seed,
                             verbose=2 if job.verbose >= 2 else 0)
         losses = history.history.get("loss", [])
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
