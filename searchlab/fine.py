@@ -104,8 +104,7 @@ def run_fine(
     X_val, y_val = scalers.transform(X_val, y_val)
     hypermodel = _MLPHyperModel(space, {**defaults, **space.fixed}, settings)
     objective = kt.Objective("val_" + scoring.keras_name, scoring.direction)
-    common = dict(objective=objective, seed=seed, max_consecutive_failed_trials=10**9,
-                  executions_per_trial=settings.executions_per_trial, directory=str(workdir),
+    common = dict(objective=objective, seed=seed, max_consecutive_failed_trials=10**9, directory=str(workdir),
                   project_name="fine", overwrite=True)
     tuner: kt.Tuner
     if settings.kind == "hyperband":
@@ -162,8 +161,8 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
     X_fit, y_fit, X_val, y_val = job.data
     build, fit = split_hyperparameters(job.values)
     histories = []
-    for _ in range(job.executions):
-        keras.utils.set_random_seed(job.seed)
+    for execution in range(job.executions):
+        keras.utils.set_random_seed(job.seed + execution)  # repeats differ in initial weights and order
         model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
                             steps_per_execution=job.model_settings.steps_per_execution,
                             target_scale=job.target_scale, **build)
@@ -174,7 +173,8 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
             callbacks.append(SaveBestEpoch(kt.Objective(job.objective, "min" if job.negated else "max"),
                                            job.save_weights))
         history = fit_model(model, X_fit, y_fit, validation=(X_val, y_val), batch_size=fit["batch_size"],
-                            epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks, seed=job.seed,
+                            epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks,
+                            seed=job.seed + execution,
                             verbose=2 if job.verbose >= 2 else 0)
         losses = history.history.get("loss", [])
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
@@ -213,8 +213,6 @@ class _TrackingMixin:
     """Trains each trial in a worker process and turns it into a `FineTrial` record for a callback."""
 
     hypermodel: _MLPHyperModel
-    executions_per_trial: int
-    oracle: Any
 
     def setup(self, scoring: Scoring, on_trial: Callable[[FineTrial], None], done: dict[str, FineTrial],
               job: _TrainJob, weights_dir: Path) -> None:
