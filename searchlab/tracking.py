@@ -267,8 +267,6 @@ class Tracker:
         return (f"registered {name} version {version} ({metric} {new:.4g}); the champion stays version "
                 f"{champion.version} ({metric} {old:.4g})")
 
-    def ui_url(self, run_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,6 +14,11 @@ def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
 
 
+def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """Where the UI shows a run."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m searchlab.ui", description=__doc__)
     parser.add_argument("--uri", default=default_tracking_uri(), help="tracking URI (default: the project's mlruns/)")

@@ -127,11 +127,15 @@ def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClie
     assert client.get_run(result.run_id).data.tags["mlflow.note.content"] == summary
 
 
+def _small_search(make_config: Callable[..., Config], store_uri: str, *overrides: str) -> pipeline.SearchResult:
+    """A smoke search on 300 synthetic rows, without the model artifact."""
+    return pipeline.run(make_config("experiment=smoke", "dataset=synthetic", "dataset.n_samples=300",
+                                    f"tracking.uri={store_uri}", "verbose=0", "tracking.log_model=false",
+                                    *overrides))
+
+
 def test_binary_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
-    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons",
-                         "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",
-                         "tracking.log_model=false")
-    result = pipeline.run(config)
+    result = _small_search(make_config, store_uri, "dataset.generator=moons")
     assert result.data.task == "binary"
     assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
     assert all(t.ok for t in result.fine.trials)
@@ -139,10 +143,7 @@ def test_binary_smoke(make_config: Callable[..., Config], store_uri: str) -> Non
 
 
 def test_hyperband_fine_stage(make_config: Callable[..., Config], store_uri: str) -> None:
-    config = make_config("experiment=smoke", "search/fine=hyperband", "search.fine.max_epochs=4",
-                         "dataset=synthetic", "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",
-                         "tracking.log_model=false")
-    result = pipeline.run(config)
+    result = _small_search(make_config, store_uri, "search/fine=hyperband", "search.fine.max_epochs=4")
     assert len(result.fine.trials) >= 3
     assert all(set(t.tuned) == set(result.fine_space.tuned) for t in result.fine.trials)
     for trial in result.fine.trials:  # Hyperband's continued trials resume from a later epoch
@@ -151,10 +152,7 @@ def test_hyperband_fine_stage(make_config: Callable[..., Config], store_uri: str
 
 
 def test_regression_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
-    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=regression",
-                         "dataset.n_samples=300", f"tracking.uri={store_uri}", "verbose=0",
-                         "tracking.log_model=false")
-    result = pipeline.run(config)
+    result = _small_search(make_config, store_uri, "dataset.generator=regression")
     assert result.data.task == "regression"
     assert set(result.final.test_metrics) == {"rmse", "mae", "r2"}
     assert result.final.test_metrics["rmse"] < result.final.baseline_metrics["rmse"]
