@@ -25,6 +25,7 @@ DATASETS = ("digits", "csv", "synthetic", "mnist", "imdb")
 TASKS = ("auto", "binary", "multiclass", "regression")
 GENERATORS = ("moons", "circles", "classification", "regression")
 FINE_KINDS = ("grid", "hyperband")
+BACKENDS = ("local", "dask")
 
 
 @dataclass
@@ -103,10 +104,23 @@ class FineConfig:
     max_epochs: int = 30
     factor: int = 3
     hyperband_iterations: int = 1
+    # KerasTuner's distributed mode: 0 trains the trials one at a time from the search process;
+    # N >= 1 makes the search process the chief (it holds the oracle) and trials run on workers.
+    workers: int = 0
+    oracle: str = "127.0.0.1:50051"  # host:port the chief's oracle serves gRPC on
+    start_workers: bool = True  # start the `workers` processes here; false: start `searchlab-worker` yourself
+
+
+@dataclass
+class DaskConfig:
+    address: str | None = None  # a running scheduler, e.g. tcp://host:8786; null: a local cluster
+    n_workers: int = 2  # local cluster: single-threaded worker processes
 
 
 @dataclass
 class SearchConfig:
+    backend: str = "local"  # coarse stage: joblib worker processes here, or a dask.distributed cluster
+    dask: DaskConfig = field(default_factory=DaskConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     fine: FineConfig = field(default_factory=FineConfig)
 
@@ -176,8 +190,7 @@ def _validate(config: Config) -> None:
     _check_range("verbose", config.verbose, 0, 2, high_open=False)
     _validate_dataset(config.dataset)
     _validate_model(config.model)
-    _validate_coarse(config.search.coarse)
-    _validate_fine(config.search.fine)
+    _validate_search(config.search)
     if not config.tracking.experiment.strip():
         _fail("tracking.experiment", config.tracking.experiment, "a non-empty name")
 
@@ -215,6 +228,16 @@ def _validate_model(m: ModelConfig) -> None:
     _check_range("model.steps_per_execution", m.steps_per_execution, 1)
 
 
+def _validate_search(s: SearchConfig) -> None:
+    if s.backend not in BACKENDS:
+        _fail("search.backend", s.backend, "one of " + ", ".join(BACKENDS))
+    if s.dask.address is not None and not s.dask.address.strip():
+        _fail("search.dask.address", s.dask.address, "a scheduler address such as tcp://host:8786, or null")
+    _check_range("search.dask.n_workers", s.dask.n_workers, 1)
+    _validate_coarse(s.coarse)
+    _validate_fine(s.fine)
+
+
 def _validate_coarse(c: CoarseConfig) -> None:
     _check_range("search.coarse.n_iter", c.n_iter, 1)
     _check_range("search.coarse.cv", c.cv, 2)
@@ -237,6 +260,10 @@ def _validate_fine(f: FineConfig) -> None:
     _check_range("search.fine.max_epochs", f.max_epochs, 2)
     _check_range("search.fine.factor", f.factor, 2)
     _check_range("search.fine.hyperband_iterations", f.hyperband_iterations, 1)
+    _check_range("search.fine.workers", f.workers, 0)
+    host, _, port = f.oracle.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail("search.fine.oracle", f.oracle, "host:port with a port from 1 to 65535")
 
 
 def _to_param(name: str, entry: Any) -> Param:
