@@ -2,16 +2,18 @@
 
     .venv/bin/python bench/speed.py [--quick]
 
-1. Per-epoch cost: searchlab's training path (`build_model` + the fine stage's fit protocol) against
-   a hand-tuned plain Keras loop on the same network and data (a prefetched tf.data pipeline,
-   `steps_per_execution` = steps per epoch, no callbacks), steady-state epochs only.
-2. Fixed cost per trial: build + compile + first epoch (tracing) beyond a steady epoch, and the
-   cost of writing one trial run to MLflow (one batch).
+1. Per-epoch cost: searchlab's training paths (`build_model` + the fine stage's fit protocol, and the
+   coarse stage's SciKeras wrapper) against a hand-tuned plain Keras loop on the same network and data
+   (a prefetched tf.data pipeline, `steps_per_execution` = steps per epoch, no callbacks), steady-state
+   epochs only; also the same model compiled with Keras' default `jit_compile="auto"` (XLA).
+2. Fixed cost per trial: build + compile + first epoch (tracing) beyond a steady epoch (searchlab's
+   and Keras' XLA default), and the cost of writing one trial run to MLflow (one batch).
 3. Both cores: the coarse stage with n_jobs=1 against n_jobs=2, same candidates.
 4. Tracking on vs off: a smoke search's wall time against the same minus the time spent in MLflow
    calls (every `Tracker` method timed).
 
-Data: digits training split (1,437 rows x 64), a 2 x 128 ReLU MLP, batch 64. Results go to
+Data: digits training split (1,437 rows x 64), a 2 x 128 ReLU MLP with input noise, L1+L2 and dropout
+(a typical coarse candidate), batch 64. Results go to
 bench/results/speed.json and are printed.
 """
 
@@ -31,14 +33,14 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 
 from searchlab import pipeline
-from searchlab.coarse import run_coarse
+from searchlab.coarse import SearchlabClassifier, run_coarse
 from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
 from searchlab.model import Scalers, build_model, fit_model, training_callbacks
 from searchlab.tracking import Tracker
 
-HP = dict(units=128, layers=2, dropout=0.1, l1=0.0, l2=1e-4, noise=0.0, learning_rate=1e-3, optimizer="adam",
+HP = dict(units=128, layers=2, dropout=0.1, l1=1e-5, l2=1e-4, noise=0.1, learning_rate=1e-3, optimizer="adam",
           activation="relu")
 BATCH = 64
 
@@ -65,48 +67,66 @@ class _EpochTimer(keras.callbacks.Callback):
 
 
 def per_epoch(X: np.ndarray, y: np.ndarray, epochs: int, repeats: int) -> dict[str, float]:
-    """Median steady epoch of searchlab's path vs a hand-tuned plain Keras loop, interleaved."""
+    """Steady epoch and first-epoch extra of searchlab's two training paths, Keras' XLA default and a
+    hand-tuned plain Keras loop, interleaved (median over repeats)."""
     n_classes = int(y.max()) + 1
-    searchlab_s, plain_s, first_epoch_extra, build_s = [], [], [], []
-    steps = int(np.ceil(len(X) * 0.8 / BATCH))
-    for _ in range(repeats):
-        # searchlab: the fine stage's protocol (validation split, early stopping callbacks, steps_per_execution)
-        start = time.perf_counter()
+    split = int(len(X) * 0.8)
+    steps = int(np.ceil(split / BATCH))
+    arms: dict[str, list[tuple[float, float]]] = {"fine": [], "coarse": [], "xla": [], "plain": []}
+    build_s = []
+
+    def searchlab_model(jit: bool = False) -> keras.Model:
         model = build_model(n_features=X.shape[1], task="multiclass", n_classes=n_classes, steps_per_execution=16,
                             **HP)
-        build_s.append(time.perf_counter() - start)
-        timer = _EpochTimer()
-        split = int(len(X) * 0.8)
-        callbacks = training_callbacks(config().model)
-        callbacks[0].patience = epochs  # measure every epoch
-        fit_model(model, X[:split], y[:split], validation=(X[split:], y[split:]), batch_size=BATCH, epochs=epochs,
-                  seed=0, callbacks=[*callbacks, timer])
-        searchlab_s.append(epoch_times(timer.times))
-        first_epoch_extra.append(timer.times[0] - epoch_times(timer.times))
-        keras.backend.clear_session()
+        if jit:  # the same model compiled with Keras' default, jit_compile="auto" (XLA on TensorFlow)
+            model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], steps_per_execution=16)
+        return model
 
-        # plain Keras, hand-tuned: tf.data with prefetch, one compiled call per epoch, no callbacks
-        inputs = keras.Input((X.shape[1],))
-        h = inputs
-        for _ in range(HP["layers"]):
-            h = keras.layers.Dense(HP["units"], activation="relu",
-                                   kernel_regularizer=keras.regularizers.L2(HP["l2"]))(h)
-            h = keras.layers.Dropout(HP["dropout"])(h)
-        plain = keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(h))
-        plain.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=steps)
-        train = tf.data.Dataset.from_tensor_slices((X[:split], y[:split])).shuffle(split).batch(BATCH).prefetch(2)
-        val = tf.data.Dataset.from_tensor_slices((X[split:], y[split:])).batch(1024).prefetch(2)
-        timer = _EpochTimer()
-        plain.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=[timer])
-        plain_s.append(epoch_times(timer.times))
-        keras.backend.clear_session()
+    def callbacks(timer: _EpochTimer) -> list[keras.callbacks.Callback]:
+        early = training_callbacks(config().model)
+        early[0].patience = epochs  # measure every epoch
+        return [*early, timer]
+
+    for _ in range(repeats):
+        for arm in arms:
+            timer = _EpochTimer()
+            start = time.perf_counter()
+            if arm in ("fine", "xla"):  # the fine stage's protocol: validation split, early stopping
+                model = searchlab_model(jit=arm == "xla")
+                if arm == "fine":
+                    build_s.append(time.perf_counter() - start)
+                fit_model(model, X[:split], y[:split], validation=(X[split:], y[split:]), batch_size=BATCH,
+                          epochs=epochs, seed=0, callbacks=callbacks(timer))
+            elif arm == "coarse":  # the coarse stage's SciKeras wrapper, as RandomizedSearchCV fits it
+                net = SearchlabClassifier(model=lambda meta: searchlab_model(), batch_size=BATCH, epochs=epochs,
+                                          callbacks=callbacks(timer), validation_split=0.2, random_state=0, verbose=0)
+                net.fit(X, y)
+            else:  # plain Keras, hand-tuned: tf.data with prefetch, one compiled call per epoch, no callbacks
+                inputs = keras.Input((X.shape[1],))
+                h = keras.layers.GaussianNoise(HP["noise"])(inputs)
+                for _ in range(HP["layers"]):
+                    h = keras.layers.Dense(HP["units"], activation="relu",
+                                           kernel_regularizer=keras.regularizers.L1L2(HP["l1"], HP["l2"]))(h)
+                    h = keras.layers.Dropout(HP["dropout"])(h)
+                plain = keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(h))
+                plain.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"],
+                              steps_per_execution=steps, jit_compile=False)
+                train = tf.data.Dataset.from_tensor_slices((X[:split], y[:split])).shuffle(split).batch(BATCH)
+                val = tf.data.Dataset.from_tensor_slices((X[split:], y[split:])).batch(1024).prefetch(2)
+                plain.fit(train.prefetch(2), validation_data=val, epochs=epochs, verbose=0, callbacks=[timer])
+            steady = epoch_times(timer.times)
+            arms[arm].append((steady, timer.times[0] - steady))
+            keras.backend.clear_session()
+    median = {arm: (statistics.median(s for s, _ in runs), statistics.median(f for _, f in runs))
+              for arm, runs in arms.items()}
     return {
-        "searchlab_epoch_s": statistics.median(searchlab_s),
-        "plain_keras_epoch_s": statistics.median(plain_s),
-        "epoch_ratio": statistics.median(searchlab_s) / statistics.median(plain_s),
+        **{f"{arm}_epoch_s": m[0] for arm, m in median.items()},
+        "epoch_ratio": median["fine"][0] / median["plain"][0],
+        "coarse_epoch_ratio": median["coarse"][0] / median["plain"][0],
+        "xla_default_epoch_ratio": median["xla"][0] / median["plain"][0],
         "build_compile_s": statistics.median(build_s),
-        "first_epoch_extra_s": statistics.median(first_epoch_extra),
+        "first_epoch_extra_s": median["fine"][1],
+        "xla_first_epoch_extra_s": median["xla"][1],
     }
 
 

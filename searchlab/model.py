@@ -104,6 +104,9 @@ def build_model(
         loss=loss,
         metrics=metrics,
         steps_per_execution=steps_per_execution,
+        # Keras' "auto" turns XLA on for TensorFlow; for these small MLPs on CPU it made the first
+        # epoch ~5x and every later one ~2.7x slower (bench/speed.py).
+        jit_compile=False,
     )
     return model
 
