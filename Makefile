@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install search test lint ui lock clean bench
+.PHONY: install search test lint ui server lock clean bench
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench: install
 
 ui: install
 	$(BIN)/python -m searchlab.ui $(ARGS)
+
+# The team setup on this machine: PostgreSQL (Debian's postgresql) + `mlflow server` on 127.0.0.1:5000, data in
+# mlruns/server/; searches use it with ARGS=tracking=server. ARGS="--port 5001 --workers 4"; Ctrl-C stops both.
+server: install
+	$(BIN)/python -m searchlab.server $(ARGS)
 
 # Refresh the pins after changing pyproject.toml's dependencies.
 lock: install

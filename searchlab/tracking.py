@@ -55,6 +55,24 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def _check_server(uri: str) -> None:
+    """Fail within seconds when nothing answers at `uri` (MLflow itself retries for minutes)."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)  # type: ignore[no-untyped-call]
+    try:  # any HTTP answer will do, even an error status: only an unreachable server is caught here
+        http_request(creds, "/health", "GET", max_retries=0, timeout=5,  # type: ignore[no-untyped-call]
+                     raise_on_status=False)
+    except mlflow.exceptions.MlflowException as exc:
+        found = re.search(r"\[Errno -?\d+\] ([^\"')]+)", str(exc))  # e.g. "Connection refused"
+        raise ConfigError(
+            f"tracking.uri={redact(uri)!r}: no MLflow tracking server answers there "
+            f"({found.group(1) if found else 'no answer within 5 s'}). Start one with `make server` (PostgreSQL "
+            "and mlflow server on this machine), point tracking.uri (or MLFLOW_TRACKING_URI, which tracking=server "
+            "reads) at your team's server, or record locally with tracking=local.") from None
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
@@ -78,9 +96,16 @@ class Tracker:
     """Writes a search's run tree to one MLflow experiment."""
 
     def __init__(self, uri: str | None, experiment: str) -> None:
+        """Open (or create) `experiment` in the store at `uri` (None: the project's SQLite store).
+
+        Raises:
+            ConfigError: `uri` is an HTTP(S) address where no server answers.
+        """
         self.uri = uri or default_tracking_uri()
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith(("http://", "https://")):
+            _check_server(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = experiment
         found = self.client.get_experiment_by_name(experiment)

@@ -6,18 +6,15 @@ The screenshot goes to `tests/artifacts/ui-*.png` (ignored by git) for people to
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from searchlab import pipeline
+from searchlab.server import free_port, serving
 from searchlab.ui import ui_command
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
@@ -27,12 +24,6 @@ SHOTS = Path(__file__).parent / "artifacts"
 # Without these Chromium stalls on this closed network (see the UI issue).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1000"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -47,25 +38,10 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> pipeline.SearchResult:
 @pytest.fixture(scope="module")
 def ui_url(searched: pipeline.SearchResult) -> Iterator[str]:
     """The UI started exactly as `make ui` starts it, on 127.0.0.1; its process group ended afterwards."""
-    port = _free_port()
-    server = subprocess.Popen(ui_command(searched.tracking_uri, port=port), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120  # MLflow 3.17's UI takes ~30 s to answer here
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, "the MLflow UI exited"
-            assert time.time() < deadline, "the MLflow UI did not answer within 120 s"
-            time.sleep(1)
+    with serving(ui_command(searched.tracking_uri, port=port), url, output=subprocess.DEVNULL):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its huey workers outlive a plain kill of the parent
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
