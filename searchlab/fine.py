@@ -3,6 +3,7 @@
 Every trial trains on the same fixed split of the training rows and is scored by the
 primary metric on its validation part (the best epoch, as KerasTuner does). The coarse
 winner is trained under the same protocol, so the final choice compares like with like.
+With `search.fine.workers`, the trials train on KerasTuner's distributed workers (`searchlab.worker`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def validation_split(data: Dataset, fraction: float, seed: int) -> tuple[np.ndar
                                   shuffle=True, stratify=stratify))
 
 
+# Has the trials run on KerasTuner workers while serving the oracle; returns the finished trials.
+Distribute = Callable[["FineSearch", kt.Oracle], Mapping[str, FineTrial]]
+
+
 def run_fine(
     data: Dataset,
     space: FineSpace,
@@ -84,6 +89,7 @@ def run_fine(
     verbose: int = 0,
     on_trial: Callable[[FineTrial], None] = lambda trial: None,
     done: Mapping[str, FineTrial] | None = None,
+    distribute: Distribute | None = None,
 ) -> FineResult:
     """Search `space` with KerasTuner, then train the coarse winner under the same protocol.
 
@@ -95,29 +101,25 @@ def run_fine(
         done: trials already recorded (by trial id), replayed rather than trained again. KerasTuner
             cannot reload a grid search (keras-tuner#1055), so a resumed search starts the tuner
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
+        distribute: given, this process only holds the oracle and `distribute` has the trials run
+            elsewhere (`searchlab.worker`); `on_trial` then sees the coarse winner alone.
     """
     done = dict(done or {})
-    kt_config.DEBUG = verbose >= 2  # KerasTuner prints every failed trial's traceback by default
     X_fit, X_val, y_fit, y_val = validation_split(data, settings.validation_fraction, seed)
     scalers = Scalers.fit(X_fit, y_fit, data.task)
     X_fit, y_fit = scalers.transform(X_fit, y_fit)
     X_val, y_val = scalers.transform(X_val, y_val)
-    hypermodel = _MLPHyperModel(space, {**defaults, **space.fixed}, settings)
-    objective = kt.Objective("val_" + scoring.keras_name, scoring.direction)
-    common = dict(objective=objective, seed=seed, max_consecutive_failed_trials=10**9, directory=str(workdir),
-                  project_name="fine", overwrite=True)
-    tuner: kt.Tuner
-    if settings.kind == "hyperband":
-        tuner = _TrackedHyperband(hypermodel, max_epochs=settings.max_epochs, factor=settings.factor,
-                                  hyperband_iterations=settings.hyperband_iterations, **common)
-    else:
-        tuner = _TrackedGridSearch(hypermodel, **common)
     job = _TrainJob({}, (X_fit, y_fit, X_val, y_val), data.task, data.n_classes, scalers.target_scale,
                     model_settings, seed, settings.executions_per_trial, model_settings.epochs,
-                    objective=objective.name, negated=scoring.negated, verbose=verbose)
-    tuner.setup(scoring, on_trial, done, job, workdir / "weights")
+                    objective="val_" + scoring.keras_name, negated=scoring.negated, verbose=verbose)
+    search = FineSearch(space, {**defaults, **space.fixed}, settings, scoring, seed, workdir, job)
+    tuner = search.tuner(on_trial, done)
     try:
-        tuner.search(verbose=0)
+        if distribute is None:
+            tuner.search(verbose=0)
+            finished = tuner.finished
+        else:
+            finished = distribute(search, tuner.oracle)
         winner = done.get(COARSE_WINNER)
         if winner is None:
             winner_values = {**defaults, **coarse_best}
@@ -126,9 +128,48 @@ def run_fine(
             winner = tuner.train_fixed(COARSE_WINNER, winner_values)
             on_trial(winner)
     finally:
-        get_reusable_executor().shutdown(wait=False, kill_workers=True)
-    trials = sorted(tuner.finished.values(), key=lambda t: t.trial_id)
+        stop_training()
+    trials = sorted((t for trial_id, t in finished.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
+
+
+def stop_training() -> None:
+    """End the process that trains the trials at once (at the end of a search, on Ctrl-C or an error)."""
+    get_reusable_executor().shutdown(wait=False, kill_workers=True)
+
+
+@dataclass(frozen=True)
+class FineSearch:
+    """What the fine stage's tuner is built from: the search process and its distributed workers
+    (which get it pickled) build the same one."""
+
+    space: FineSpace
+    base: dict[str, Any]  # values of the hyperparameters `space` does not tune
+    settings: FineConfig
+    scoring: Scoring
+    seed: int
+    workdir: Path  # KerasTuner's directory and the Hyperband checkpoints
+    job: _TrainJob  # the training protocol, data included
+
+    def tuner(self, on_trial: Callable[[FineTrial], None], done: Mapping[str, FineTrial],
+              overwrite: bool = True) -> Any:
+        """A tuner that trains each trial, reports it to `on_trial` and replays the ones in `done`.
+
+        `overwrite=False` keeps the directory: a distributed worker joins the chief's project.
+        """
+        kt_config.DEBUG = self.job.verbose >= 2  # KerasTuner prints every failed trial's traceback by default
+        hypermodel = _MLPHyperModel(self.space, self.base, self.settings)
+        objective = kt.Objective(self.job.objective, self.scoring.direction)
+        common = dict(objective=objective, seed=self.seed, max_consecutive_failed_trials=10**9,
+                      directory=str(self.workdir), project_name="fine", overwrite=overwrite)
+        tuner: _TrackingMixin
+        if self.settings.kind == "hyperband":
+            tuner = _TrackedHyperband(hypermodel, max_epochs=self.settings.max_epochs, factor=self.settings.factor,
+                                      hyperband_iterations=self.settings.hyperband_iterations, **common)
+        else:
+            tuner = _TrackedGridSearch(hypermodel, **common)
+        tuner.setup(self.scoring, on_trial, dict(done), self.job, self.workdir / "weights")
+        return tuner
 
 
 @dataclass(frozen=True)
@@ -223,6 +264,14 @@ class _TrackingMixin:
         self._epochs: list[dict[str, float]] = []
         self._started = 0.0
         self._trained = 0
+        self._asked = False
+
+    def pre_create_trial(self) -> None:
+        # KerasTuner asks again at once when the oracle answers IDLE (a distributed Hyperband
+        # worker waiting for other workers' trials): don't spin.
+        if self._asked:
+            time.sleep(0.5)
+        self._asked = True
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list[keras.callbacks.History]:
         hp = trial.hyperparameters.values
@@ -245,7 +294,7 @@ class _TrackingMixin:
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)  # type: ignore[misc]
-        self._epochs, self._started = [], time.time()
+        self._epochs, self._started, self._asked = [], time.time(), False
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         # Report before KerasTuner saves the trial as ended: if the search stops in between, the
@@ -291,8 +340,29 @@ class _TrackingMixin:
         return FineTrial(trial_id, values, tuned, score, curves, error, self._started, time.time(), first_epoch)
 
 
-class _TrackedGridSearch(_TrackingMixin, kt.GridSearch):
-    pass
+class _GridOracle(kt.oracles.GridSearchOracle):
+    """KerasTuner's grid, in its order, handed out without waiting for running trials to end.
+
+    KerasTuner derives a trial's grid point from an ended trial's, so its distributed workers
+    mostly wait on one another. The fine grid has no conditional hyperparameters: the next point
+    follows from the last one started, and the trial ids come out as in a one-at-a-time search.
+    """
+
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        if not self.start_order:
+            return super().populate_space(trial_id)
+        values = self._get_next_combination(self.trials[self.start_order[-1]].hyperparameters.values)
+        if values is None:
+            return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
+        return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": values}
+
+
+class _TrackedGridSearch(_TrackingMixin, kt.Tuner):
+    def __init__(self, hypermodel: _MLPHyperModel, objective: kt.Objective, seed: int,
+                 max_consecutive_failed_trials: int, **kwargs: Any) -> None:
+        oracle = _GridOracle(objective=objective, seed=seed,
+                             max_consecutive_failed_trials=max_consecutive_failed_trials)
+        super().__init__(oracle, hypermodel, **kwargs)
 
 
 class _TrackedHyperband(_TrackingMixin, kt.Hyperband):

@@ -19,13 +19,14 @@ from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, best_epoch_count, refit_and_test
-from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, run_fine
+from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.narrow import FineSpace, narrow
 from searchlab.progress import StageProgress, format_duration, format_params
-from searchlab.resume import CANDIDATE_TAG, TRIAL_ID_TAG, Progress, read_progress
+from searchlab.resume import CANDIDATE_TAG, Progress, log_fine_trial, read_fine_trials, read_progress
 from searchlab.space import space_as_dict
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, redact
+from searchlab.worker import WorkerJob, serve
 
 
 @dataclass(frozen=True)
@@ -216,22 +217,28 @@ def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, sc
         for param in fine_space.tuned.values():
             total *= len(param.grid(settings.points))
         total += 1  # the coarse winner
+    if settings.workers:  # the workers report their own trials; this process trains the coarse winner only
+        total = None
     progress = StageProgress("fine", total and total - len(done.fine), scoring.display_name, config.verbose)
     run_ids = {trial_id: run_id for trial_id, (_, run_id) in done.fine.items()}
 
     def on_trial(trial: FineTrial) -> None:
         label = COARSE_WINNER if trial.trial_id == COARSE_WINNER else f"fine-{trial.trial_id}"
         shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
-        metrics = {"val_score": trial.score, f"val_best_{scoring.display_name}": scoring.to_metric(trial.score)}
-        tags = {RUN_TAG: "trial", STAGE_TAG: "fine", TRIAL_ID_TAG: trial.trial_id,
-                "searchlab.tuned": ",".join(trial.tuned)}
-        run_ids[trial.trial_id] = tracker.log_trial(
-            stage_run, f"{label} {format_params(shown)}", tags, trial.params, metrics, trial.curves,
-            trial.start_time, trial.end_time, trial.error, first_step=trial.first_epoch)
+        run_ids[trial.trial_id] = log_fine_trial(tracker, stage_run, trial, scoring, shown)
         progress.trial(scoring.to_metric(trial.score), shown, scoring.negated, trial.error, label=label)
 
+    def distribute(search: FineSearch, oracle: Any) -> dict[str, FineTrial]:
+        """Serve the oracle to the KerasTuner workers, which log the trials; read those back."""
+        serve(WorkerJob(search, tracker.uri, tracker.experiment, stage_run, settings.oracle), oracle,
+              settings.workers, settings.start_workers, config.verbose)
+        recorded = read_fine_trials(tracker, stage_run)
+        run_ids.update({trial_id: run_id for trial_id, (_, run_id) in recorded.items()})
+        return {trial_id: trial for trial_id, (trial, _) in recorded.items()}
+
     fine = run_fine(data, fine_space, defaults, coarse_best.params, settings, config.model, scoring, config.seed,
-                    workdir, config.verbose, on_trial, {trial_id: trial for trial_id, (trial, _) in done.fine.items()})
+                    workdir, config.verbose, on_trial, {trial_id: trial for trial_id, (trial, _) in done.fine.items()},
+                    distribute if settings.workers else None)
     all_trials = (*fine.trials, fine.coarse_winner)
     if not any(t.ok for t in all_trials):
         raise StageFailedError(f"all {len(all_trials)} fine trials failed; see the FAILED trial runs' "
