@@ -31,7 +31,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import ClassifierTags, RegressorTags
 
-from searchlab.config import CoarseConfig, ModelConfig
+from searchlab.cluster import dask_backend, tf_thread_env
+from searchlab.config import CoarseConfig, DaskConfig, ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
 from searchlab.model import build_model, training_callbacks
@@ -182,12 +183,17 @@ def run_coarse(
     seed: int,
     on_trial: Callable[[CoarseTrial], None] = lambda trial: None,
     done: Mapping[int, CoarseTrial] | None = None,
+    dask: DaskConfig | None = None,
 ) -> CoarseResult:
     """Cross-validate `settings.n_iter` random candidates from `space`.
 
     Hyperparameters outside `space` keep their `defaults`. `on_trial` is called with each
     newly finished candidate, in candidate order. Candidates in `done` (by number, e.g. read
-    back from the store when resuming) are reused, not trained again.
+    back from the store when resuming) are reused, not trained again. The fits run in
+    `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
+
+    Raises:
+        ConfigError: the Dask cluster cannot be used (see `cluster.dask_backend`).
     """
     done = dict(done or {})
     random_state = seed if settings.random_state is None else settings.random_state
@@ -220,29 +226,41 @@ def run_coarse(
 
         search.report = report
         search.candidate_key = candidate_key
-        workers = _workers(settings.n_jobs)
-        search.batch_size = workers
         search.estimator.set_params(**{_net_prefix(data) + "model__record_dir": history_dir})
         pending = [number for number in range(settings.n_iter) if number not in done]
-        # Several `fit` calls, each over a slice of the candidates, so the worker processes can be
-        # replaced in between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
-        per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if workers > 1 else len(pending)
-        with _threads_per_worker(workers), warnings.catch_warnings():
+        with _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
             warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
-            try:
-                for start in range(0, len(pending), per_slice):
-                    if start:
-                        get_reusable_executor().shutdown(wait=True)
-                    search.numbers = set(pending[start:start + per_slice])
-                    try:
-                        search.fit(data.X_train, data.y_train)
-                    except IndexError:
-                        if any(t.ok for t in trials):
-                            raise  # scikit-learn trips on a slice where no fit succeeded; anything else is a bug
-            finally:
-                if workers > 1:  # idle workers hold ~1 GB each; on Ctrl-C they must not go on training
-                    get_reusable_executor().shutdown(wait=False, kill_workers=True)
+            search.batch_size = workers
+            # Several `fit` calls, each over a slice of the candidates, so local worker processes can be
+            # replaced in between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
+            per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if recycle else max(1, len(pending))
+            for start in range(0, len(pending), per_slice):
+                if start:
+                    get_reusable_executor().shutdown(wait=True)
+                search.numbers = set(pending[start:start + per_slice])
+                try:
+                    search.fit(data.X_train, data.y_train)
+                except IndexError:
+                    if any(t.ok for t in trials):
+                        raise  # scikit-learn trips on a slice where no fit succeeded; anything else is a bug
     return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), scoring)
+
+
+@contextmanager
+def _fit_backend(n_jobs: int, dask: DaskConfig | None, history_dir: str) -> Iterator[tuple[int, bool]]:
+    """Where the fits run: yields how many run at once, and whether to replace the worker processes
+    between slices (local joblib workers only; a Dask worker can be given `--lifetime` instead)."""
+    if dask is not None:
+        with dask_backend(dask, history_dir) as threads:
+            yield threads, False
+        return
+    workers = _workers(n_jobs)
+    with _threads_per_worker(workers):
+        try:
+            yield workers, workers > 1
+        finally:
+            if workers > 1:  # idle workers hold ~1 GB each; on Ctrl-C they must not go on training
+                get_reusable_executor().shutdown(wait=False, kill_workers=True)
 
 
 def _workers(n_jobs: int) -> int:
@@ -258,9 +276,9 @@ def _threads_per_worker(workers: int) -> Iterator[None]:
     if workers == 1:
         yield
         return
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    saved = {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=threads)
+    env = tf_thread_env(max(1, (os.cpu_count() or 1) // workers))
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
         yield
     finally:

@@ -196,7 +196,7 @@ def _coarse_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, 
                        label=f"#{trial.number:03d}")
 
     coarse = run_coarse(data, space, defaults, config.search.coarse, config.model, scoring, config.seed, on_trial,
-                        done.coarse)
+                        done.coarse, config.search.dask if config.search.backend == "dask" else None)
     if not coarse.completed:
         raise StageFailedError(f"all {len(coarse.trials)} coarse candidates failed; see the FAILED trial runs' "
                                "searchlab.error tags. Narrow the ranges (e.g. lower learning_rate) and retry.")
