@@ -149,10 +149,12 @@ def run_searchlab(bench: Bench, kind: str, started: float) -> MethodResult:
 
 class FoldRecorder:
     """A scorer that also notes, per scored fold, the candidate, the time, the epochs trained and the
-    validation-loss curve, one JSON line per fold in a file per worker process (workers cannot report back)."""
+    validation-score curve (`Scoring.val_key`), one JSON line per fold in a file per worker process (workers
+    cannot report back)."""
 
-    def __init__(self, scoring: str, keys: Sequence[str], folder: Path) -> None:
-        self.scorer = get_scorer(scoring)
+    def __init__(self, scoring: Scoring, keys: Sequence[str], folder: Path) -> None:
+        self.scorer = get_scorer(scoring.name)
+        self.val_key = scoring.val_key
         self.keys = list(keys)
         self.folder = folder
 
@@ -161,7 +163,8 @@ class FoldRecorder:
         history = _find_net(estimator).history_
         params = estimator.get_params()
         record = {"key": candidate_key({k: params[k] for k in self.keys}), "time": time.time(), "score": score,
-                  "epochs": len(history.get("loss", [])), "val_loss": [float(v) for v in history.get("val_loss", [])]}
+                  "epochs": len(history.get("loss", [])),
+                  "val_curve": [float(v) for v in history.get(self.val_key, [])]}
         with open(self.folder / f"{os.getpid()}.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")
         return score
@@ -179,9 +182,9 @@ def run_random_search(bench: Bench, started: float) -> MethodResult:
     """Plain RandomizedSearchCV over the coarse space, searchlab's estimator and folds."""
     coarse = bench.config.search.coarse
     distributions = _distributions(bench, skip=())
-    recorder = FoldRecorder(bench.scoring.name, list(distributions), _fresh_dir(bench.workdir / "random-search"))
+    recorder = FoldRecorder(bench.scoring, list(distributions), _fresh_dir(bench.workdir / "random-search"))
     search = RandomizedSearchCV(
-        make_estimator(bench.data, bench.defaults, bench.config.model, bench.seed), distributions,
+        make_estimator(bench.data, bench.defaults, bench.config.model, bench.scoring, bench.seed), distributions,
         n_iter=bench.plan.random_n_iter, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
         n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
         refit=False, error_score=np.nan, return_train_score=False)
@@ -194,10 +197,10 @@ def run_halving(bench: Bench, started: float) -> MethodResult:
     coarse, factor = bench.config.search.coarse, bench.config.search.fine.factor
     distributions = _distributions(bench, skip=("epochs",))  # the resource cannot also be searched
     resource = param_key(bench.data, "epochs")
-    recorder = FoldRecorder(bench.scoring.name, [*distributions, resource],
+    recorder = FoldRecorder(bench.scoring, [*distributions, resource],
                             _fresh_dir(bench.workdir / "halving-random-search"))
     search = HalvingRandomSearchCV(
-        make_estimator(bench.data, bench.defaults, bench.config.model, bench.seed), distributions,
+        make_estimator(bench.data, bench.defaults, bench.config.model, bench.scoring, bench.seed), distributions,
         n_candidates=bench.plan.halving_candidates, resource=resource, max_resources=bench.plan.epochs,
         min_resources="exhaust", factor=factor, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
         n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
@@ -223,8 +226,9 @@ def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecord
                    for params, score in zip(results["params"], results["mean_test_score"], strict=True)
                    if (key := candidate_key(params)) in by_key)
     best = by_key[candidate_key(search.best_params_)]
-    # refit for the mean over folds of the epoch with the lowest validation loss (what early stopping kept)
-    epochs = round(float(np.mean([best_epoch_count({"val_loss": f["val_loss"]}, f["epochs"]) for f in best])))
+    # refit for the mean over folds of the epoch with the best validation score (what early stopping kept)
+    key, mode = bench.scoring.val_key, bench.scoring.direction
+    epochs = round(float(np.mean([best_epoch_count({key: f["val_curve"]}, f["epochs"], key, mode) for f in best])))
     params = {key.rsplit("__", 1)[-1]: _plain(value) for key, value in search.best_params_.items()}
     test, refit_epochs = _refit(bench, params, epochs)
     return MethodResult(method, settings, bench.plan.planned(method), float(search.best_score_), test,
@@ -271,16 +275,17 @@ class WideHyperModel(kt.HyperModel):
 
 
 class RecordingHyperband(kt.Hyperband):
-    """Hyperband that keeps every trial's per-epoch validation loss and its end time."""
+    """Hyperband that keeps every trial's per-epoch validation score (`val_key`) and its end time."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, val_key: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.val_loss: dict[str, list[tuple[int, float]]] = {}
+        self.val_key = val_key
+        self.val_curve: dict[str, list[tuple[int, float]]] = {}
         self.ended: dict[str, float] = {}
 
     def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict[str, float] | None = None) -> None:
         super().on_epoch_end(trial, model, epoch, logs=logs)
-        self.val_loss.setdefault(trial.trial_id, []).append((epoch, float((logs or {}).get("val_loss", math.nan))))
+        self.val_curve.setdefault(trial.trial_id, []).append((epoch, float((logs or {}).get(self.val_key, math.nan))))
 
     def on_trial_end(self, trial: Any) -> None:
         self.ended[trial.trial_id] = time.time()
@@ -296,25 +301,25 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     X_val, y_val = scalers.transform(X_val, y_val)
     hypermodel = WideHyperModel(bench, scalers.target_scale)
     tuner = RecordingHyperband(
-        hypermodel, objective=kt.Objective("val_" + scoring.keras_name, scoring.direction),
+        hypermodel, objective=kt.Objective(scoring.val_key, scoring.direction), val_key=scoring.val_key,
         max_epochs=bench.plan.epochs, factor=fine.factor, hyperband_iterations=bench.plan.kt_iterations,
         seed=bench.seed, max_consecutive_failed_trials=10**9, directory=str(bench.workdir), project_name="kerastuner",
         overwrite=True)
-    tuner.search(X_fit, y_fit, validation_data=(X_val, y_val), callbacks=training_callbacks(bench.config.model),
-                 verbose=0)
+    tuner.search(X_fit, y_fit, validation_data=(X_val, y_val), verbose=0,
+                 callbacks=training_callbacks(bench.config.model, scoring.val_key, scoring.direction))
     trials = tuner.oracle.trials
     trace = sorted((tuner.ended[tid] - started, scoring.to_score(t.score) if t.score is not None else math.nan)
                    for tid, t in trials.items() if tid in tuner.ended)
     best = tuner.oracle.get_best_trials(1)[0]
-    curve = tuner.val_loss.get(best.trial_id, [])
+    curve = tuner.val_curve.get(best.trial_id, [])
     first = curve[0][0] if curve else 0  # Hyperband continues some trials from an earlier one's epochs
-    epochs = first + best_epoch_count({"val_loss": [v for _, v in curve]}, bench.plan.epochs)
+    epochs = first + best_epoch_count({"v": [v for _, v in curve]}, bench.plan.epochs, "v", scoring.direction)
     params = {k: v for k, v in hypermodel.values(best.hyperparameters.copy()).items() if k != "epochs"}
     test, refit_epochs = _refit(bench, params, epochs)
     settings = {"max_epochs": bench.plan.epochs, "factor": fine.factor,
                 "hyperband_iterations": bench.plan.kt_iterations, "validation_fraction": fine.validation_fraction}
     return MethodResult("kerastuner-hyperband", settings, bench.plan.kerastuner, scoring.to_score(best.score), test,
-                        trials=len(trials), epochs_trained=sum(map(len, tuner.val_loss.values())) + refit_epochs,
+                        trials=len(trials), epochs_trained=sum(map(len, tuner.val_curve.values())) + refit_epochs,
                         trace=trace, best_params=params)
 
 

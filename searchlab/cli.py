@@ -30,10 +30,10 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     try:
         config = from_dictconfig(cfg)
         from searchlab import pipeline  # TensorFlow loads here, after the config is known to be valid
-        from searchlab.ui import run_url
+        from searchlab.ui import where_to_look
 
         if config.verbose < 2:
-            for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
+            for noisy in ("tensorflow", "absl", "mlflow", "alembic", "distributed"):
                 logging.getLogger(noisy).setLevel(logging.ERROR)
 
         if config.resume:
@@ -53,7 +53,7 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(130)
     print()
     print(result.summary())
-    print(f"\nMLflow: run `make ui`, then open {run_url(result.experiment_id, result.run_id)}")
+    print(f"\nMLflow: {where_to_look(result.tracking_uri, result.experiment_id, result.run_id)}")
     metric = result.scoring.display_name
     return {"dataset": result.data.name, "seed": config.seed, "run_id": result.run_id,
             f"test_{metric}": result.final.test_metrics[metric], "wall_time_s": round(result.wall_time, 1)}

@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
+from scikeras.utils.random_state import tensorflow_random_state
 from scikeras.wrappers import KerasClassifier, KerasRegressor
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import FitFailedWarning
@@ -35,7 +36,7 @@ from searchlab.cluster import dask_backend, tf_thread_env
 from searchlab.config import CoarseConfig, DaskConfig, ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
-from searchlab.model import build_model, training_callbacks
+from searchlab.model import build_model, fit_model, training_callbacks
 from searchlab.space import BUILD_PARAMS, Param, Space
 
 
@@ -89,10 +90,25 @@ class _FailureNotes:
         keras.backend.clear_session()  # drop earlier folds' graphs: memory stays flat with n_jobs=1
         return super()._build_keras_model()  # type: ignore[misc]
 
+    def _fit_keras_model(self, X: Any, y: Any, sample_weight: Any, warm_start: bool, epochs: int,
+                         initial_epoch: int, **kwargs: Any) -> None:
+        """SciKeras' fit through searchlab's tf.data pipeline (see `fit_model`) instead of NumPy arrays.
+
+        Same semantics as `Model.fit(validation_split=...)`: the last rows are held out, unshuffled.
+        """
+        n_val = int(len(X) * self.validation_split)  # type: ignore[attr-defined]
+        validation = (X[-n_val:], y[-n_val:]) if n_val else None
+        with tensorflow_random_state(self._random_state):  # type: ignore[attr-defined]
+            history = fit_model(self.model_, X[:len(X) - n_val], y[:len(y) - n_val],  # type: ignore[attr-defined]
+                                batch_size=self.batch_size, epochs=initial_epoch + epochs,  # type: ignore[attr-defined]
+                                initial_epoch=initial_epoch, seed=self._random_state,  # type: ignore[attr-defined]
+                                validation=validation, callbacks=self._fit_callbacks)  # type: ignore[attr-defined]
+        self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
+
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
         try:
             super().fit(X, y, **kwargs)  # type: ignore[misc]
-            losses = self.history_.get("loss", [])  # type: ignore[attr-defined]
+            losses = self.history_.get("loss", [])
             bad = [i for i, v in enumerate(losses) if not np.isfinite(v)]
             if bad:
                 raise FloatingPointError(f"training loss became {losses[bad[0]]} at epoch {bad[0] + 1}")
@@ -131,7 +147,7 @@ class SearchlabRegressor(_FailureNotes, KerasRegressor):
         return tags
 
 
-def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfig, seed: int) -> Any:
+def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfig, scoring: Scoring, seed: int) -> Any:
     """A scikit-learn estimator (scaling inside, then the network) with `defaults` as hyperparameters.
 
     Regression targets are standardized inside too (`TransformedTargetRegressor`), so
@@ -147,7 +163,7 @@ def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfi
         **{f"model__{name}": defaults[name] for name in BUILD_PARAMS},
         batch_size=defaults["batch_size"],
         epochs=defaults["epochs"],
-        callbacks=training_callbacks(settings),
+        callbacks=training_callbacks(settings, scoring.val_key, scoring.direction),
         validation_split=settings.validation_fraction,
         random_state=seed,
         verbose=0,
@@ -200,7 +216,7 @@ def run_coarse(
     cv = make_cv(data, settings.cv, seed)
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir:
         search = _StreamingSearch(
-            make_estimator(data, defaults, model_settings, seed),
+            make_estimator(data, defaults, model_settings, scoring, seed),
             {param_key(data, name): param.distribution() for name, param in space.items()},
             n_iter=settings.n_iter,
             scoring=_HistoryScorer(scoring.name, history_dir),

@@ -1,7 +1,7 @@
 """Final model: refit the chosen hyperparameters on all training rows, then test it once.
 
 With no validation rows left, training runs for the epoch count at which the chosen
-configuration's fine-stage validation loss was lowest (what early stopping restored).
+configuration's fine-stage validation score was best (what early stopping restored).
 The test split is used here and only here, for the model and for a trivial baseline.
 """
 
@@ -38,10 +38,11 @@ class FinalResult:
     test_prediction: np.ndarray  # class probabilities (classification) or predicted values on the test split
 
 
-def best_epoch_count(curves: dict[str, list[float]], fallback: int) -> int:
-    """Epochs up to and including the lowest validation loss."""
-    val_loss = [v if np.isfinite(v) else np.inf for v in curves.get("val_loss", [])]
-    return int(np.argmin(val_loss)) + 1 if val_loss else fallback
+def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "val_loss", mode: str = "min") -> int:
+    """Epochs up to and including the best value of curve `key` (lowest for mode "min")."""
+    sign = 1.0 if mode == "min" else -1.0
+    values = [sign * v if np.isfinite(v) else np.inf for v in curves.get(key, [])]
+    return int(np.argmin(values)) + 1 if values else fallback
 
 
 def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings: ModelConfig, seed: int,

@@ -209,7 +209,7 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
                             target_scale=job.target_scale, **build)
         if job.load_weights:
             model.load_weights(job.load_weights)
-        callbacks = training_callbacks(job.model_settings)
+        callbacks = training_callbacks(job.model_settings, job.objective, "min" if job.negated else "max")
         if job.save_weights:
             callbacks.append(SaveBestEpoch(kt.Objective(job.objective, "min" if job.negated else "max"),
                                            job.save_weights))

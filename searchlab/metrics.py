@@ -37,6 +37,13 @@ class Scoring:
     def direction(self) -> str:
         return "min" if self.negated else "max"
 
+    @property
+    def val_key(self) -> str:
+        """This metric on validation rows in Keras' logs: early stopping and the refit's epoch count follow it,
+        so training stops where the score the search compares stops improving (accuracy often improves long
+        after the validation loss has turned)."""
+        return "val_" + self.keras_name
+
 
 _CLASSIFICATION = ("binary", "multiclass")
 SCORINGS = {

@@ -145,10 +145,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def training_callbacks(settings: ModelConfig) -> list[keras.callbacks.Callback]:
-    """Early stopping on validation loss, and an immediate stop when the loss turns NaN/inf."""
+def training_callbacks(settings: ModelConfig, monitor: str = "val_loss", mode: str = "min",
+                       ) -> list[keras.callbacks.Callback]:
+    """Early stopping on a validation metric (the search's, see `Scoring.val_key`), and an immediate
+    stop when the loss turns NaN/inf."""
     return [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience,
+                                      restore_best_weights=True),
         StopOnNonFiniteLoss(),
     ]
 

@@ -79,7 +79,8 @@ def run(config: Config) -> SearchResult:
     """Run a whole search as configured (or resume `config.resume`) and record it in MLflow.
 
     Raises:
-        ConfigError, DataError: before any MLflow run is created.
+        ConfigError, DataError: before any MLflow run is created; except a Dask scheduler that cannot be
+            reached (found when the coarse stage starts: the search and coarse runs end FAILED).
         StageFailedError: every trial of a stage failed (the search run ends FAILED).
         SearchInterrupted: Ctrl-C or SIGTERM; every open run was ended KILLED.
     """
@@ -119,7 +120,8 @@ def run(config: Config) -> SearchResult:
                                          workdir, done)
         best = fine.best
         tracker.log(fine_run_ids[best.trial_id], tags={"searchlab.winner": "true"})
-        epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"])
+        epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"], scoring.val_key,
+                                                           scoring.direction)
         say(f"final: refitting the best configuration on all training rows for {epochs} epochs")
         final = refit_and_test(data, best.params, epochs, config.model, config.seed, config.verbose)
         result = _finish(tracker, parent, config, data, scoring, coarse, fine_space, fine, final, started)

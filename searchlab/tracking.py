@@ -152,7 +152,11 @@ class Tracker:
         error: str | None = None,
         first_step: int = 0,
     ) -> str:
-        """Write one finished trial as a complete run in a single batch."""
+        """Write one finished trial as a complete run in a single batch.
+
+        Interrupted halfway (Ctrl-C), the partial run is deleted: a resumed search trains the trial again
+        instead of reading back half of it.
+        """
         all_tags = {**tags, MLFLOW_PARENT_RUN_ID: parent}
         if error:
             all_tags["searchlab.error"] = error[:5000]
@@ -162,8 +166,13 @@ class Tracker:
         entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if _finite(v)]
         for key, values in curves.items():
             entries += [Metric(key, float(v), stamp, first_step + i) for i, v in enumerate(values) if _finite(v)]
-        self.log(run_id, params=params, metrics=entries)
-        self.client.set_terminated(run_id, status="FAILED" if error else "FINISHED", end_time=stamp)
+        try:
+            self.log(run_id, params=params, metrics=entries)
+            self.client.set_terminated(run_id, status="FAILED" if error else "FINISHED", end_time=stamp)
+        except BaseException:
+            self.client.set_terminated(run_id, status="KILLED")
+            self.client.delete_run(run_id)
+            raise
         return run_id
 
     # -- reading back, to resume ----------------------------------------------------------

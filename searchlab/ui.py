@@ -19,6 +19,14 @@ def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int 
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """How to open a run: on the tracking server itself, or with `make ui` for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base = redact(tracking_uri).rstrip("/")
+        return f"open {base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run `make ui`, then open {run_url(experiment_id, run_id)}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m searchlab.ui", description=__doc__)
     parser.add_argument("--uri", default=default_tracking_uri(), help="tracking URI (default: the project's mlruns/)")

@@ -210,3 +210,12 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
         assert section in outcome.stdout
     assert TRACEBACK not in outcome.text
     assert not db.exists()
+
+
+def test_the_run_link_points_at_the_tracking_server_when_there_is_one() -> None:
+    from searchlab.ui import where_to_look
+
+    assert where_to_look("https://alice:pw@mlflow.team:5000/", "3", "abc") == \
+        "open https://***@mlflow.team:5000/#/experiments/3/runs/abc"
+    assert where_to_look("sqlite:////tmp/x/mlflow.db", "1", "abc") == \
+        "run `make ui`, then open http://127.0.0.1:5000/#/experiments/1/runs/abc"

@@ -17,6 +17,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, check_cv
 from searchlab.coarse import SearchlabClassifier, SearchlabRegressor, make_cv, make_estimator
 from searchlab.config import Config
 from searchlab.data import Dataset, load_dataset
+from searchlab.metrics import scoring_for
 
 MakeConfig = Callable[..., Config]
 
@@ -50,7 +51,7 @@ def test_plain_scikeras_is_not_a_classifier() -> None:
 def test_pipeline_from_make_estimator_is_a_classifier(digits: tuple[Config, Dataset]) -> None:
     """The scaling + network pipeline built for a classification set is a classifier."""
     config, data = digits
-    estimator = make_estimator(data, config.model.hyperparameters(), config.model, config.seed)
+    estimator = make_estimator(data, config.model.hyperparameters(), config.model, scoring_for(data.task, None), config.seed)
     assert is_classifier(estimator) and not is_regressor(estimator)
     assert isinstance(estimator.named_steps["net"], SearchlabClassifier)
 
@@ -58,14 +59,14 @@ def test_pipeline_from_make_estimator_is_a_classifier(digits: tuple[Config, Data
 def test_estimator_for_regression_is_a_regressor(regression: tuple[Config, Dataset]) -> None:
     """The target-scaling wrapper around the regression pipeline is a regressor."""
     config, data = regression
-    estimator = make_estimator(data, config.model.hyperparameters(), config.model, config.seed)
+    estimator = make_estimator(data, config.model.hyperparameters(), config.model, scoring_for(data.task, None), config.seed)
     assert is_regressor(estimator) and not is_classifier(estimator)
 
 
 def test_check_cv_stratifies_for_our_estimator(digits: tuple[Config, Dataset]) -> None:
     """With the tags, scikit-learn's own `cv=int` handling picks StratifiedKFold; without, plain KFold."""
     config, data = digits
-    estimator = make_estimator(data, config.model.hyperparameters(), config.model, config.seed)
+    estimator = make_estimator(data, config.model.hyperparameters(), config.model, scoring_for(data.task, None), config.seed)
     ours = check_cv(3, data.y_train, classifier=is_classifier(estimator))
     assert isinstance(ours, StratifiedKFold)
     plain = check_cv(3, data.y_train, classifier=is_classifier(KerasClassifier(model=None)))
