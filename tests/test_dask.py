@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from searchlab.coarse import CoarseResult, run_coarse
 from searchlab.config import Config
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
+from searchlab.server import free_port
 from searchlab.tracking import Tracker
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -45,12 +45,6 @@ TIMEOUT = 300  # one smoke search takes well under a minute on 2 busy cores
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

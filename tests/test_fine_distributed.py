@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from mlflow.entities import Run
 
 from searchlab import pipeline
 from searchlab.resume import TRIAL_ID_TAG, WORKER_TAG, read_fine_trials
+from searchlab.server import free_port
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker
 from tests.conftest import compose_config
 
@@ -36,12 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=300", "search.fine.points=3",
              "tracking.log_model=false", "verbose=0")  # a 3 x 3 grid
 TIMEOUT = 600  # a smoke search takes about a minute on 2 busy cores
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_proc(pid: int | str, name: str) -> bytes:

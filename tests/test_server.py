@@ -26,7 +26,7 @@ from searchlab import pipeline
 from searchlab.errors import ConfigError, SearchlabError
 from searchlab.server import free_port, postgres_bin, tracking_server
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker
-from tests.conftest import compose_config
+from tests.conftest import compose_config, require_system_package
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """PostgreSQL + `mlflow server` as `make server` runs them; yields (tracking URI, artifact root)."""
-    if postgres_bin() is None:
-        reason = "needs PostgreSQL's server binaries: apt-get install postgresql"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (.ci/run should have installed them)")
-        pytest.skip(reason)
+    require_system_package(postgres_bin() is not None, "needs PostgreSQL's server binaries: apt-get install postgresql")
     artifacts = tmp_path_factory.mktemp("artifacts")
     log = tmp_path_factory.mktemp("server") / "mlflow-server.log"
     port = free_port()

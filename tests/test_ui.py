@@ -16,6 +16,7 @@ import pytest
 from searchlab import pipeline
 from searchlab.server import free_port, serving
 from searchlab.ui import ui_command
+from tests.conftest import compose_config, require_system_package
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
@@ -28,7 +29,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> pipeline.SearchResult:
-    from tests.conftest import compose_config
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('ui-store') / 'mlflow.db'}"
     return pipeline.run(compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0",
@@ -46,8 +46,8 @@ def ui_url(searched: pipeline.SearchResult) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if not (CHROMIUM.exists() and DRIVER.exists()):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    require_system_package(CHROMIUM.exists() and DRIVER.exists(),
+                           "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
