@@ -10,7 +10,8 @@
    and Keras' XLA default), and the cost of writing one trial run to MLflow (one batch).
 3. Both cores: the coarse stage with n_jobs=1 against n_jobs=2, same candidates.
 4. Tracking on vs off: a default search's wall time (--quick: the smoke search) against the same
-   minus the time spent in MLflow calls (every `Tracker` method timed, outermost calls only).
+   minus the time spent in MLflow calls (every `Tracker` method timed, outermost calls only; the
+   store exists beforehand, as for every search after the first).
 
 Data: digits training split (1,437 rows x 64), a 2 x 128 ReLU MLP with input noise, L1+L2 and dropout
 (a typical coarse candidate), batch 64. Results go to
@@ -164,10 +165,13 @@ def tracking_share(quick: bool) -> dict[str, float]:
     """A whole search (default budgets on digits; --quick: the smoke search) with every `Tracker` call timed
     (outermost calls only): wall time with tracking against the same minus the time spent in MLflow."""
     overrides = ["experiment=smoke"] if quick else []
-    with tempfile.TemporaryDirectory() as store, tracker_time() as spent:
-        start = time.perf_counter()
-        pipeline.run(config(*overrides, f"tracking.uri=sqlite:///{store}/mlflow.db", "verbose=0"))
-        wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as store:
+        uri = f"sqlite:///{store}/mlflow.db"
+        Tracker(uri, "searchlab")  # the store's tables exist, as for every search after a user's first
+        with tracker_time() as spent:
+            start = time.perf_counter()
+            pipeline.run(config(*overrides, f"tracking.uri={uri}", "verbose=0"))
+            wall = time.perf_counter() - start
     return {"search_wall_s": wall, "tracking_s": spent[0], "tracking_on_vs_off": wall / (wall - spent[0])}
 
 
