@@ -303,16 +303,19 @@ def bench_dataset(name: str, overrides: tuple[str, ...], methods: Sequence[str],
                                                  "bench.quick": str(quick).lower()})
     tracker.log(parent, params={"seed": config.seed, "overrides": " ".join(overrides), **asdict(plan)})
     print(f"\n[{name}] {data.describe()}; planned budget B = {plan.budget} epochs")
+    results: list[MethodResult] = []
     try:
         with tempfile.TemporaryDirectory(prefix="searchlab-bench-") as workdir:
             bench = Bench(name, overrides, config, data, scoring, plan, Path(workdir))
-            results = []
             for method in methods:
                 print(f"[{name}] {method}: planned {plan.planned(method)} epochs ...", flush=True)
                 results.append(run_method(bench, method))
                 print(f"[{name}] {method}: " + _one_line(bench, results[-1]), flush=True)
             text = report(bench, results, out, prefix, tracker, parent)
     except (KeyboardInterrupt, SearchInterrupted):
+        if results:  # keep the methods that finished: a partial table, files and MLflow runs
+            report(bench, results, out, prefix, tracker, parent)
+            print(f"[{name}] interrupted: the table in {out} holds the {len(results)} finished methods", flush=True)
         tracker.end_all("KILLED")
         raise
     except BaseException:
