@@ -126,6 +126,7 @@ def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: i
     if validation is not None:
         kwargs["validation_data"] = tf.data.Dataset.from_tensor_slices(validation).batch(4096).prefetch(2)
     return model.fit(train.batch(batch_size).prefetch(2), epochs=epochs, initial_epoch=initial_epoch,
+                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                      callbacks=callbacks, verbose=verbose, **kwargs)
 
 
