@@ -265,6 +265,8 @@ class Tracker:
 
         The input example goes beside it as an artifact: MLflow 3.17's Keras flavor fails when
         given `input_example` (COMPAT.md; `tests/test_tracking.py` notices when that is fixed).
+        The pip requirements are given, not inferred: MLflow's inference loads the model in a subprocess
+        that imports TensorFlow (3.5-4.6 s of a ~5 s model log here) to find the same four packages.
         """
         from mlflow.models import infer_signature
 
@@ -272,7 +274,8 @@ class Tracker:
         signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=run_id, nested=True) as active:
-            info = mlflow.keras.log_model(model, name="best_model", signature=signature)
+            info = mlflow.keras.log_model(model, name="best_model", signature=signature,
+                                          pip_requirements=_model_requirements())
             self.client.log_dict(active.info.run_id, {"inputs": example.tolist()},
                                  "best_model_input_example.json")
         # `start_run` as a context manager ends the run; the search ends it itself.
@@ -301,6 +304,20 @@ class Tracker:
         return (f"registered {name} version {version} ({metric} {new:.4g}); the champion stays version "
                 f"{champion.version} ({metric} {old:.4g})")
 
+
+
+def _model_requirements() -> list[str]:
+    """What a logged model needs, pinned to the versions that trained it (MLflow adds itself)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    backends = []
+    for name in ("tensorflow-cpu", "tensorflow"):  # whichever distribution provides TensorFlow here
+        try:
+            backends.append(f"{name}=={version(name)}")
+            break
+        except PackageNotFoundError:
+            continue
+    return [f"keras=={version('keras')}", f"numpy=={version('numpy')}", *backends]
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

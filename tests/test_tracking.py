@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import keras
@@ -38,6 +39,25 @@ def test_keras_input_example_trap_still_there(tmp_path: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run(), pytest.raises(FileNotFoundError):
         mlflow.keras.log_model(model, name="m", input_example=x)
+
+
+def test_logged_model_pins_what_trained_it(tmp_path: Path) -> None:
+    """`Tracker.log_model` gives MLflow the requirements instead of letting it infer them (seconds in a
+    subprocess): the model must still list the installed keras, numpy and TensorFlow and load as pyfunc."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "models")
+    run_id = tracker.start_run("search", {RUN_TAG: "search"})
+    uri = tracker.log_model(run_id, model, np.ones((4, 3)))
+    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/best_model/requirements.txt",
+                                                            tracking_uri=tracker.uri)).read_text().split()
+    installed = {name: version(name) for name in ("keras", "numpy", "mlflow")}
+    assert {f"{name}=={v}" for name, v in installed.items()} <= set(requirements)
+    assert any(r.startswith(("tensorflow==", "tensorflow-cpu==")) for r in requirements), requirements
+    mlflow.set_tracking_uri(tracker.uri)
+    loaded = mlflow.pyfunc.load_model(uri)
+    np.testing.assert_allclose(np.asarray(loaded.predict(np.ones((4, 3), dtype="float32"))).ravel(),
+                               np.asarray(model.predict(np.ones((4, 3)), verbose=0)).ravel(), rtol=1e-5)
 
 
 @pytest.mark.slow
