@@ -14,10 +14,12 @@ and each trial is written in one `log_batch` call: per-call logging costs ~10 ms
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -73,6 +75,24 @@ def _check_server(uri: str) -> None:
             "reads) at your team's server, or record locally with tracking=local.") from None
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store: one process at a time creates its tables and experiments. Two searches started
+    together on a new store (two terminals, a parallel sweep) otherwise both ran MLflow's table creation,
+    and one failed with "table latest_metrics already exists"."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
@@ -102,17 +122,17 @@ class Tracker:
             ConfigError: `uri` is an HTTP(S) address where no server answers.
         """
         self.uri = uri or default_tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if self.uri.startswith(("http://", "https://")):
             _check_server(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = experiment
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
-        else:
-            self.experiment_id = found.experiment_id
+        with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                self.experiment_id = self.client.create_experiment(experiment,
+                                                                   artifact_location=_artifact_root(self.uri))
+            else:
+                self.experiment_id = found.experiment_id
         self.open_runs: list[str] = []
 
     # -- runs -------------------------------------------------------------------------------

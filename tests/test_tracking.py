@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -99,3 +100,30 @@ def test_multirun_sweep_one_parent_per_job(tmp_path: Path) -> None:
     searches = client.search_runs([experiment.experiment_id], f"tags.`{RUN_TAG}` = 'search'")
     assert sorted(r.data.params["seed"] for r in searches) == ["1", "2"]
     assert all(r.info.status == "FINISHED" for r in searches)
+
+
+def _open_store(uri: str, barrier: Any, results: Any) -> None:
+    from searchlab.tracking import Tracker as ChildTracker
+
+    barrier.wait()  # every process imported MLflow: now they open the new store together
+    try:
+        results.put(ChildTracker(uri, "together").experiment_id)
+    except Exception as exc:  # reported to the test, not lost in a child's stderr
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_searches_started_together_share_a_new_store(tmp_path: Path) -> None:
+    """Processes that open the same new SQLite store at once all get it and the same experiment (MLflow alone
+    raced on creating the tables: "table latest_metrics already exists")."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 4
+    barrier, results = context.Barrier(n), context.Queue()
+    processes = [context.Process(target=_open_store, args=(uri, barrier, results)) for _ in range(n)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert len(set(outcomes)) == 1 and outcomes[0].isdigit(), outcomes
