@@ -37,7 +37,7 @@ from searchlab.errors import SearchInterrupted
 from searchlab.final import best_epoch_count, refit_and_test
 from searchlab.fine import validation_split
 from searchlab.metrics import Scoring
-from searchlab.model import Scalers, build_model, split_hyperparameters, training_callbacks
+from searchlab.model import Scalers, build_model, fit_model, split_hyperparameters, training_callbacks
 from searchlab.space import Param
 
 METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search")
@@ -266,9 +266,14 @@ class WideHyperModel(kt.HyperModel):
                            steps_per_execution=self.bench.config.model.steps_per_execution,
                            target_scale=self.target_scale, **build)
 
-    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, x: np.ndarray, y: np.ndarray, *,
+            validation_data: tuple[np.ndarray, np.ndarray], epochs: int, initial_epoch: int = 0,
+            callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 0) -> Any:
+        """Through searchlab's tf.data input pipeline (`fit_model`), as every other method trains: fed NumPy
+        arrays, Keras 3 re-wraps them every epoch (~4x the time per epoch, bench/speed.py)."""
         _, fit = split_hyperparameters(self.values(hp))
-        history = model.fit(*args, batch_size=fit["batch_size"], **kwargs)
+        history = fit_model(model, x, y, validation=validation_data, batch_size=fit["batch_size"], epochs=epochs,
+                            initial_epoch=initial_epoch, seed=self.bench.seed, callbacks=callbacks, verbose=verbose)
         if not all(math.isfinite(v) for v in history.history.get("loss", [])):
             raise kt.errors.FailedTrialError("training loss became NaN or infinite")
         return history
@@ -296,7 +301,7 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     """KerasTuner Hyperband alone over the coarse space, on searchlab's fine-stage validation split."""
     data, fine, scoring = bench.data, bench.config.search.fine, bench.scoring
     X_fit, X_val, y_fit, y_val = validation_split(data, fine.validation_fraction, bench.seed)
-    scalers = Scalers.fit(X_fit, y_fit, data.task)
+    scalers = Scalers.fit(X_fit, y_fit, data.task, bench.config.model.scaling)
     X_fit, y_fit = scalers.transform(X_fit, y_fit)
     X_val, y_val = scalers.transform(X_val, y_val)
     hypermodel = WideHyperModel(bench, scalers.target_scale)

@@ -36,15 +36,18 @@ from searchlab.tracking import Tracker
 
 
 @contextmanager
-def tracker_time() -> Iterator[list[float]]:
-    """Sum the time spent in public `Tracker` methods (constructor included; outermost calls only, as
-    methods call each other) into the yielded cell."""
-    spent, depth = [0.0], [0]
-    originals: dict[str, Any] = {name: f for name, f in inspect.getmembers(Tracker, inspect.isfunction)
-                                 if not name.startswith("_")}
-    originals["__init__"] = Tracker.__init__
+def tracker_time(*extra: tuple[Any, str]) -> Iterator[dict[str, float]]:
+    """Time spent in public `Tracker` methods (constructor included) and in the `extra` (module, function)
+    pairs, per name, outermost calls only (methods call each other). The yielded dict fills as calls end;
+    `sum(spent.values())` is the total."""
+    spent: dict[str, float] = {}
+    depth = [0]
+    targets: list[tuple[Any, str]] = [(Tracker, name) for name, _ in inspect.getmembers(Tracker, inspect.isfunction)
+                                      if not name.startswith("_")]
+    targets += [(Tracker, "__init__"), *extra]
+    originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
 
-    def timed(original: Any) -> Any:
+    def timed(name: str, original: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             depth[0] += 1
@@ -53,16 +56,16 @@ def tracker_time() -> Iterator[list[float]]:
             finally:
                 depth[0] -= 1
                 if depth[0] == 0:
-                    spent[0] += time.perf_counter() - start
+                    spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
         return wrapper
 
-    for name, original in originals.items():
-        setattr(Tracker, name, timed(original))
+    for owner, name, original in originals:
+        setattr(owner, name, timed(name, original))
     try:
         yield spent
     finally:
-        for name, original in originals.items():
-            setattr(Tracker, name, original)
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 def search(uri: str, overrides: list[str]) -> dict[str, float]:
@@ -73,7 +76,7 @@ def search(uri: str, overrides: list[str]) -> dict[str, float]:
         start = time.perf_counter()
         pipeline.run(config)
         wall = time.perf_counter() - start
-    return {"wall_s": wall, "tracking_s": spent[0]}
+    return {"wall_s": wall, "tracking_s": sum(spent.values())}
 
 
 def main() -> None:

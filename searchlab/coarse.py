@@ -37,6 +37,7 @@ from searchlab.config import CoarseConfig, DaskConfig, ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
 from searchlab.model import build_model, fit_model, training_callbacks
+from searchlab.scaling import feature_scaler
 from searchlab.space import BUILD_PARAMS, Param, Space
 
 
@@ -168,7 +169,7 @@ def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfi
         random_state=seed,
         verbose=0,
     )
-    pipeline = Pipeline([("scale", StandardScaler()), ("net", net)])
+    pipeline = Pipeline([("scale", feature_scaler(settings.scaling)), ("net", net)])
     if data.task == "regression":
         return TransformedTargetRegressor(regressor=pipeline, transformer=StandardScaler())
     return pipeline

@@ -106,7 +106,7 @@ def run_fine(
     """
     done = dict(done or {})
     X_fit, X_val, y_fit, y_val = validation_split(data, settings.validation_fraction, seed)
-    scalers = Scalers.fit(X_fit, y_fit, data.task)
+    scalers = Scalers.fit(X_fit, y_fit, data.task, model_settings.scaling)
     X_fit, y_fit = scalers.transform(X_fit, y_fit)
     X_val, y_val = scalers.transform(X_val, y_val)
     job = _TrainJob({}, (X_fit, y_fit, X_val, y_val), data.task, data.n_classes, scalers.target_scale,

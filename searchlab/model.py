@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from searchlab.config import ModelConfig
+from searchlab.scaling import QuantileNormal, Standardize, feature_scaler
 from searchlab.space import BUILD_PARAMS, FIT_PARAMS
 
 # keras.optimizers class per optimizer name in searchlab.space.OPTIMIZERS
@@ -159,16 +160,17 @@ def training_callbacks(settings: ModelConfig, monitor: str = "val_loss", mode: s
 
 @dataclass
 class Scalers:
-    """Feature (and, for regression, target) standardization fitted on training rows only."""
+    """Feature scaling (`model.scaling`) and, for regression, target standardization, fitted on training
+    rows only."""
 
-    features: StandardScaler
+    features: Standardize | QuantileNormal
     target: StandardScaler | None
     binary: bool = False
 
     @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, task: str) -> Scalers:
+    def fit(cls, X: np.ndarray, y: np.ndarray, task: str, scaling: str = "standard") -> Scalers:
         target = StandardScaler().fit(y.reshape(-1, 1)) if task == "regression" else None
-        return cls(StandardScaler().fit(X), target, task == "binary")
+        return cls(feature_scaler(scaling).fit(X), target, task == "binary")
 
     def transform(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scaled features, and targets shaped for `build_model`'s loss (one column for binary)."""
@@ -183,11 +185,10 @@ class Scalers:
 
     def wrap(self, model: keras.Model) -> keras.Model:
         """A model on raw features (and raw target units) around `model`, for export."""
-        mean = self.features.mean_.astype("float32")
-        var = self.features.var_.astype("float32")
-        var = np.where(var > 0, var, 1.0)  # as StandardScaler does for constant columns
-        inputs = keras.Input(shape=(len(mean),), name="features")
-        x = keras.layers.Normalization(mean=mean, variance=var, name="standardize")(inputs)
+        inputs = keras.Input(shape=(self.features.n_features_in_,), name="features")
+        x = inputs
+        for layer in self.features.keras_layers():
+            x = layer(x)
         outputs = model(x)
         if self.target is not None:
             outputs = keras.layers.Rescaling(

@@ -54,6 +54,7 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
         ("search.coarse.space.layers.high=2.5", ["search.coarse.space.layers", "2.5", "int"]),
         ("model.activation=foo", ["model.activation", "'foo'", "relu", "tanh"]),
         ("model.dropout=1.5", ["model.dropout", "1.5", "< 1"]),
+        ("model.scaling=minmax", ["model.scaling", "'minmax'", "standard", "quantile"]),
         ("model.learning_rate=0", ["model.learning_rate", "0", "> 0"]),
         ("search.fine.max_params=0", ["search.fine.max_params", "0", ">= 1"]),
         ("search.fine.points=0", ["search.fine.points", "0", ">= 1"]),

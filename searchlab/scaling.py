@@ -1,0 +1,92 @@
+"""Feature scaling (`model.scaling`), fitted on a fit's training rows only.
+
+Each scaler is a scikit-learn transformer (the coarse stage's pipeline step, the fine and final stages'
+arrays) that can also write itself as built-in Keras layers, so the exported model takes raw features
+and loads anywhere without searchlab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from scipy.special import ndtri
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.preprocessing import StandardScaler
+
+
+class Standardize(StandardScaler):
+    """Zero mean, unit variance per feature."""
+
+    def keras_layers(self) -> list[keras.layers.Layer]:
+        var = np.where(self.var_ > 0, self.var_, 1.0)  # as StandardScaler treats constant columns
+        return [keras.layers.Normalization(mean=self.mean_.astype("float32"), variance=var.astype("float32"),
+                                           name="standardize")]
+
+
+class QuantileNormal(TransformerMixin, BaseEstimator):
+    """Each feature mapped through its training quantiles onto a standard normal's: monotone and piecewise
+    linear between `n_quantiles` knots, constant beyond the training range.
+
+    Heavy tails and outliers no longer squeeze the bulk of a feature into a sliver of the inputs (on avila,
+    a 4 x 512 MLP reached 0.964 validation accuracy in 71 epochs with it, 0.943 in 380 standardized). Like
+    scikit-learn's `QuantileTransformer(output_distribution="normal")`, except that the map is linear
+    between knots in the normal scale, which makes it a clamped sum of ReLUs: built-in Keras layers.
+    Knots are taken on values centered on the median and divided by the interquartile range (the standard
+    deviation of a heavy-tailed feature would crush its bulk together), and merged closer than 1e-4 of that.
+    """
+
+    def __init__(self, n_quantiles: int = 100) -> None:
+        self.n_quantiles = n_quantiles
+
+    def fit(self, X: np.ndarray, y: Any = None) -> QuantileNormal:
+        X = np.asarray(X, dtype="float64")
+        self.n_features_in_ = X.shape[1]
+        low, self.center_, high = np.percentile(X, [25, 50, 75], axis=0)
+        spread = np.where(high > low, high - low, X.std(axis=0))
+        self.scale_ = np.where(spread > 0, spread, 1.0)
+        Z = (X - self.center_) / self.scale_
+        levels = np.linspace(0.0, 1.0, max(2, min(self.n_quantiles, len(Z))))
+        normal = ndtri(np.clip(levels, 1e-3, 1 - 1e-3))  # +-3.09 at the extremes
+        self.knots_: list[np.ndarray] = []
+        self.values_: list[np.ndarray] = []
+        for column in Z.T:
+            knots, tie = np.unique(np.round(np.quantile(column, levels), 4), return_inverse=True)
+            values = np.bincount(tie, weights=normal) / np.bincount(tie)  # tied knots: their mean level
+            self.knots_.append(knots)
+            self.values_.append(values if len(knots) > 1 else np.zeros(1))  # a constant feature maps to 0
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(X, dtype="float64") - self.center_) / self.scale_
+        pairs = zip(self.knots_, self.values_, strict=True)
+        return np.column_stack([np.interp(Z[:, j], k, v) for j, (k, v) in enumerate(pairs)])
+
+    def keras_layers(self) -> list[keras.layers.Layer]:
+        """z = (x - center) / scale, then per feature: values[0] + sum_i step_i * clip((z - knot_i) / width_i, 0, 1)."""
+        n_features, n = len(self.knots_), max(len(k) for k in self.knots_)
+        knots, inverse_widths, steps = np.zeros((3, n_features, n), dtype="float32")
+        first = np.zeros(n_features, dtype="float32")
+        for f, (k, v) in enumerate(zip(self.knots_, self.values_, strict=True)):
+            knots[f, :len(k)], first[f] = k, v[0]
+            inverse_widths[f, :len(k) - 1] = 1.0 / np.diff(k)
+            steps[f, :len(k) - 1] = np.diff(v)  # padding and the last knot: step 0
+        to_knots = keras.layers.EinsumDense("bf,fn->bfn", (n_features, n), bias_axes="fn", name="quantile_offsets")
+        per_width = keras.layers.EinsumDense("bfn,fn->bfn", (n_features, n), name="quantile_widths")
+        clip = keras.layers.ReLU(max_value=1.0, name="quantile_clip")
+        to_normal = keras.layers.EinsumDense("bfn,fn->bf", (n_features,), bias_axes="f", name="quantile_values")
+        for layer, shape in ((to_knots, (None, n_features)), (per_width, (None, n_features, n)),
+                             (to_normal, (None, n_features, n))):
+            layer.build(shape)
+        to_knots.set_weights([np.ones((n_features, n), dtype="float32"), -knots])
+        per_width.set_weights([inverse_widths])
+        to_normal.set_weights([steps, first])
+        center = keras.layers.Normalization(mean=self.center_.astype("float32"),
+                                            variance=np.square(self.scale_).astype("float32"), name="quantile_center")
+        return [center, to_knots, per_width, clip, to_normal]
+
+
+def feature_scaler(kind: str) -> Standardize | QuantileNormal:
+    """An unfitted scaler of `model.scaling` kind `kind` (one of `searchlab.config.SCALINGS`)."""
+    return QuantileNormal() if kind == "quantile" else Standardize()

@@ -1,0 +1,91 @@
+"""Feature scaling: the NumPy transform the search trains on and the Keras layers the exported model
+computes are the same function, and `model.scaling=quantile` runs through a whole search."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from searchlab import pipeline
+from searchlab.config import Config
+from searchlab.model import Scalers
+from searchlab.scaling import QuantileNormal, Standardize
+
+
+def _awkward_features(rows: int, seed: int) -> np.ndarray:
+    """Heavy tails, a huge offset, a binary column, a constant column, ties."""
+    rng = np.random.default_rng(seed)
+    return np.column_stack([
+        rng.lognormal(0.0, 2.0, rows),
+        1e4 + rng.normal(0.0, 1.0, rows),  # float32 inputs: an offset, not beyond their precision
+        rng.integers(0, 2, rows),
+        np.full(rows, 7.0),
+        rng.integers(0, 5, rows) * 3.5,
+        rng.standard_t(1.5, rows),
+    ])
+
+
+def _through_layers(scaler: Standardize | QuantileNormal, X: np.ndarray) -> np.ndarray:
+    inputs = keras.Input((X.shape[1],))
+    x = inputs
+    for layer in scaler.keras_layers():
+        x = layer(x)
+    return np.asarray(keras.Model(inputs, x).predict(X.astype("float32"), verbose=0))
+
+
+@pytest.mark.parametrize("scaler", [Standardize(), QuantileNormal()], ids=["standard", "quantile"])
+def test_keras_layers_compute_the_transform(scaler: Standardize | QuantileNormal) -> None:
+    train, new = _awkward_features(2000, 0), _awkward_features(500, 1)
+    new[:5] *= 100.0  # far outside the training range
+    scaler.fit(train)
+    expected = scaler.transform(new)
+    np.testing.assert_allclose(_through_layers(scaler, new), expected, atol=2e-3, rtol=1e-3)
+
+
+def test_quantile_normal_shape_of_the_map() -> None:
+    train = _awkward_features(2000, 0)
+    scaled = QuantileNormal().fit(train).transform(train)
+    assert np.all(np.isfinite(scaled))
+    heavy = scaled[:, 0]
+    assert abs(np.median(heavy)) < 0.05 and 0.9 < heavy.std() < 1.1  # lognormal(0, 2) made ~standard normal
+    assert heavy.min() == pytest.approx(-3.09, abs=0.01) and heavy.max() == pytest.approx(3.09, abs=0.01)
+    order = np.argsort(train[:, 0])
+    assert np.all(np.diff(heavy[order]) >= 0)  # monotone
+    assert np.all(scaled[:, 3] == 0.0)  # constant column
+    assert len(np.unique(scaled[:, 2])) == 2  # a binary column stays two values
+    outside = QuantileNormal().fit(train).transform(np.array([[1e9, 2e4, 5, 7, 1e3, 1e9]]))
+    assert outside[0, 0] == pytest.approx(3.09, abs=0.01)  # constant beyond the training range
+
+
+def test_wrapped_model_takes_raw_features() -> None:
+    """`Scalers.wrap` puts the quantile layers in front of the network: raw rows in, the same outputs as the
+    network on the scaled rows."""
+    X = _awkward_features(400, 0)
+    y = (X[:, 0] > 1.0).astype(int)
+    scalers = Scalers.fit(X, y, "binary", "quantile")
+    Xs, _ = scalers.transform(X, y)
+    inputs = keras.Input((X.shape[1],))
+    net = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    np.testing.assert_allclose(scalers.wrap(net).predict(X.astype("float32"), verbose=0),
+                               net.predict(Xs, verbose=0), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_quantile_scaling_search_exports_a_raw_feature_model(make_config: Callable[..., Config], store_uri: str,
+                                                             tmp_path: Path) -> None:
+    result = pipeline.run(make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons",
+                                      "dataset.n_samples=400", "model.scaling=quantile", f"tracking.uri={store_uri}",
+                                      "verbose=0"))
+    assert result.final.test_metrics["accuracy"] > 0.8  # moons with noise 0.1: any working net does this
+    assert any(layer.name.startswith("quantile") for layer in result.final.model.layers)
+    assert result.model_uri is not None
+    mlflow.set_tracking_uri(result.tracking_uri)
+    loaded = mlflow.keras.load_model(result.model_uri)
+    X = result.data.X_test.astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded.predict(X, verbose=0)).ravel(),
+                               result.final.test_prediction[:, 1], rtol=1e-5, atol=1e-6)
