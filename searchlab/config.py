@@ -63,8 +63,8 @@ class ModelConfig:
     optimizer: str = "adam"
     activation: str = "relu"
     batch_size: int = 64
-    epochs: int = 50
-    patience: int = 5
+    epochs: int = 200
+    patience: int = 15
     validation_fraction: float = 0.1
     steps_per_execution: int = 16
     scaling: str = "standard"
