@@ -253,6 +253,7 @@ class WideHyperModel(kt.HyperModel):
     def __init__(self, bench: Bench, target_scale: float) -> None:
         super().__init__()
         self.bench, self.target_scale = bench, target_scale
+        self.scaled: dict[str, tuple[np.ndarray, ...]] = {}  # (X_fit, y_fit, X_val, y_val) by `scaling`
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
         declared = {name: param.declare(hp) for name, param in self.bench.space.items() if name != "epochs"}
@@ -269,10 +270,16 @@ class WideHyperModel(kt.HyperModel):
     def fit(self, hp: kt.HyperParameters, model: keras.Model, x: np.ndarray, y: np.ndarray, *,
             validation_data: tuple[np.ndarray, np.ndarray], epochs: int, initial_epoch: int = 0,
             callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 0) -> Any:
-        """Through searchlab's tf.data input pipeline (`fit_model`), as every other method trains: fed NumPy
-        arrays, Keras 3 re-wraps them every epoch (~4x the time per epoch, bench/speed.py)."""
-        _, fit = split_hyperparameters(self.values(hp))
-        history = fit_model(model, x, y, validation=validation_data, batch_size=fit["batch_size"], epochs=epochs,
+        """Features scaled as the trial's `scaling` says (fitted on `x`), then through searchlab's tf.data
+        input pipeline (`fit_model`), as every other method trains: fed NumPy arrays, Keras 3 re-wraps them
+        every epoch (~4x the time per epoch, bench/speed.py)."""
+        values = self.values(hp)
+        _, fit = split_hyperparameters(values)
+        if values["scaling"] not in self.scaled:
+            scalers = Scalers.fit(x, y, self.bench.data.task, values["scaling"])
+            self.scaled[values["scaling"]] = (*scalers.transform(x, y), *scalers.transform(*validation_data))
+        x, y, *validation = self.scaled[values["scaling"]]
+        history = fit_model(model, x, y, validation=tuple(validation), batch_size=fit["batch_size"], epochs=epochs,
                             initial_epoch=initial_epoch, seed=self.bench.seed, callbacks=callbacks, verbose=verbose)
         if not all(math.isfinite(v) for v in history.history.get("loss", [])):
             raise kt.errors.FailedTrialError("training loss became NaN or infinite")
@@ -301,10 +308,8 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     """KerasTuner Hyperband alone over the coarse space, on searchlab's fine-stage validation split."""
     data, fine, scoring = bench.data, bench.config.search.fine, bench.scoring
     X_fit, X_val, y_fit, y_val = validation_split(data, fine.validation_fraction, bench.seed)
-    scalers = Scalers.fit(X_fit, y_fit, data.task, bench.config.model.scaling)
-    X_fit, y_fit = scalers.transform(X_fit, y_fit)
-    X_val, y_val = scalers.transform(X_val, y_val)
-    hypermodel = WideHyperModel(bench, scalers.target_scale)
+    target_scale = Scalers.fit(X_fit, y_fit, data.task, "standard").target_scale  # the same for every scaling
+    hypermodel = WideHyperModel(bench, target_scale)
     tuner = RecordingHyperband(
         hypermodel, objective=kt.Objective(scoring.val_key, scoring.direction), val_key=scoring.val_key,
         max_epochs=bench.plan.epochs, factor=fine.factor, hyperband_iterations=bench.plan.kt_iterations,

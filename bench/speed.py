@@ -188,7 +188,7 @@ def main() -> None:
     register_schemas()
     cfg = config()
     data = load_dataset(cfg.dataset, cfg.seed)
-    scalers = Scalers.fit(data.X_train, data.y_train, data.task)
+    scalers = Scalers.fit(data.X_train, data.y_train, data.task, cfg.model.scaling)
     X, y = scalers.transform(data.X_train, data.y_train)
     report: dict[str, Any] = {}
     if "trial" in args.parts:

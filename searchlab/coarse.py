@@ -37,8 +37,8 @@ from searchlab.config import CoarseConfig, DaskConfig, ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
 from searchlab.model import build_model, fit_model, training_callbacks
-from searchlab.scaling import feature_scaler
-from searchlab.space import BUILD_PARAMS, Param, Space
+from searchlab.scaling import FeatureScaler
+from searchlab.space import BUILD_PARAMS, SCALING_PARAMS, Param, Space
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfi
         random_state=seed,
         verbose=0,
     )
-    pipeline = Pipeline([("scale", feature_scaler(settings.scaling)), ("net", net)])
+    pipeline = Pipeline([("scale", FeatureScaler(defaults["scaling"])), ("net", net)])
     if data.task == "regression":
         return TransformedTargetRegressor(regressor=pipeline, transformer=StandardScaler())
     return pipeline
@@ -177,11 +177,17 @@ def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfi
 
 def param_key(data: Dataset, name: str) -> str:
     """The scikit-learn parameter name of hyperparameter `name` in `make_estimator`'s estimator."""
+    if name in SCALING_PARAMS:
+        return _pipeline_prefix(data) + "scale__" + name
     return _net_prefix(data) + (f"model__{name}" if name in BUILD_PARAMS else name)
 
 
+def _pipeline_prefix(data: Dataset) -> str:
+    return "regressor__" if data.task == "regression" else ""
+
+
 def _net_prefix(data: Dataset) -> str:
-    return "regressor__net__" if data.task == "regression" else "net__"
+    return _pipeline_prefix(data) + "net__"
 
 
 def make_cv(data: Dataset, folds: int, seed: int) -> StratifiedKFold | KFold:

@@ -26,7 +26,6 @@ TASKS = ("auto", "binary", "multiclass", "regression")
 GENERATORS = ("moons", "circles", "classification", "regression")
 FINE_KINDS = ("grid", "hyperband")
 BACKENDS = ("local", "dask")
-SCALINGS = ("standard", "quantile")  # model.scaling, see searchlab.scaling
 
 
 @dataclass
@@ -228,8 +227,6 @@ def _validate_model(m: ModelConfig) -> None:
     _check_range("model.patience", m.patience, 1)
     _check_range("model.validation_fraction", m.validation_fraction, 0.0, 0.5, low_open=True, high_open=False)
     _check_range("model.steps_per_execution", m.steps_per_execution, 1)
-    if m.scaling not in SCALINGS:
-        _fail("model.scaling", m.scaling, "one of " + ", ".join(SCALINGS))
 
 
 def _validate_search(s: SearchConfig) -> None:

@@ -48,7 +48,7 @@ def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "
 def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings: ModelConfig, seed: int,
                    verbose: int = 0) -> FinalResult:
     """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline."""
-    scalers = Scalers.fit(data.X_train, data.y_train, data.task, settings.scaling)
+    scalers = Scalers.fit(data.X_train, data.y_train, data.task, params["scaling"])
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
     keras.utils.set_random_seed(seed)

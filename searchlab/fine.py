@@ -105,11 +105,7 @@ def run_fine(
             elsewhere (`searchlab.worker`); `on_trial` then sees the coarse winner alone.
     """
     done = dict(done or {})
-    X_fit, X_val, y_fit, y_val = validation_split(data, settings.validation_fraction, seed)
-    scalers = Scalers.fit(X_fit, y_fit, data.task, model_settings.scaling)
-    X_fit, y_fit = scalers.transform(X_fit, y_fit)
-    X_val, y_val = scalers.transform(X_val, y_val)
-    job = _TrainJob({}, (X_fit, y_fit, X_val, y_val), data.task, data.n_classes, scalers.target_scale,
+    job = _TrainJob({}, validation_split(data, settings.validation_fraction, seed), data.task, data.n_classes,
                     model_settings, seed, settings.executions_per_trial, model_settings.epochs,
                     objective="val_" + scoring.keras_name, negated=scoring.negated, verbose=verbose)
     search = FineSearch(space, {**defaults, **space.fixed}, settings, scoring, seed, workdir, job)
@@ -177,10 +173,9 @@ class _TrainJob:
     """One trial's training, run in a worker process (`_train`)."""
 
     values: dict[str, Any]
-    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # X_fit, y_fit, X_val, y_val (scaled)
+    data: tuple[np.ndarray, ...]  # X_fit, X_val, y_fit, y_val as `validation_split` returns them (unscaled)
     task: str
     n_classes: int
-    target_scale: float
     model_settings: ModelConfig
     seed: int
     executions: int
@@ -198,15 +193,19 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
 
     Runs in a worker process: TensorFlow keeps a few MiB per trained model that clear_session
     does not give back, so trials train away from the search process, whose workers are replaced.
+    The features are scaled here, as the trial's `scaling` says (milliseconds against its training).
     """
-    X_fit, y_fit, X_val, y_val = job.data
+    X_fit, X_val, y_fit, y_val = job.data
+    scalers = Scalers.fit(X_fit, y_fit, job.task, job.values["scaling"])
+    X_fit, y_fit = scalers.transform(X_fit, y_fit)
+    X_val, y_val = scalers.transform(X_val, y_val)
     build, fit = split_hyperparameters(job.values)
     histories = []
     for execution in range(job.executions):
         keras.utils.set_random_seed(job.seed + execution)  # repeats differ in initial weights and order
         model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
                             steps_per_execution=job.model_settings.steps_per_execution,
-                            target_scale=job.target_scale, **build)
+                            target_scale=scalers.target_scale, **build)
         if job.load_weights:
             model.load_weights(job.load_weights)
         callbacks = training_callbacks(job.model_settings, job.objective, "min" if job.negated else "max")

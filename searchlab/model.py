@@ -1,7 +1,7 @@
 """The one Keras model builder and the training protocol every stage shares.
 
 `build_model`'s keywords are the hyperparameter names used everywhere (see
-`searchlab.space.HYPERPARAMETERS`); `batch_size` and `epochs` belong to `fit`.
+`searchlab.space.HYPERPARAMETERS`); `batch_size` and `epochs` belong to `fit`, `scaling` to `Scalers`.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def training_callbacks(settings: ModelConfig, monitor: str = "val_loss", mode: s
 
 @dataclass
 class Scalers:
-    """Feature scaling (`model.scaling`) and, for regression, target standardization, fitted on training
+    """Feature scaling (the `scaling` hyperparameter) and, for regression, target standardization, fitted on training
     rows only."""
 
     features: Standardize | QuantileNormal
@@ -168,7 +168,7 @@ class Scalers:
     binary: bool = False
 
     @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, task: str, scaling: str = "standard") -> Scalers:
+    def fit(cls, X: np.ndarray, y: np.ndarray, task: str, scaling: str) -> Scalers:
         target = StandardScaler().fit(y.reshape(-1, 1)) if task == "regression" else None
         return cls(feature_scaler(scaling).fit(X), target, task == "binary")
 

@@ -1,4 +1,4 @@
-"""Feature scaling (`model.scaling`), fitted on a fit's training rows only.
+"""Feature scaling (the `scaling` hyperparameter), fitted on a fit's training rows only.
 
 Each scaler is a scikit-learn transformer (the coarse stage's pipeline step, the fine and final stages'
 arrays) that can also write itself as built-in Keras layers, so the exported model takes raw features
@@ -88,5 +88,19 @@ class QuantileNormal(TransformerMixin, BaseEstimator):
 
 
 def feature_scaler(kind: str) -> Standardize | QuantileNormal:
-    """An unfitted scaler of `model.scaling` kind `kind` (one of `searchlab.config.SCALINGS`)."""
+    """An unfitted scaler of kind `kind` (one of `searchlab.space.SCALINGS`)."""
     return QuantileNormal() if kind == "quantile" else Standardize()
+
+
+class FeatureScaler(TransformerMixin, BaseEstimator):
+    """The coarse stage's pipeline step: a scaler whose kind is a parameter a search can set."""
+
+    def __init__(self, scaling: str = "standard") -> None:
+        self.scaling = scaling
+
+    def fit(self, X: np.ndarray, y: Any = None) -> FeatureScaler:
+        self.scaler_ = feature_scaler(self.scaling).fit(X)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return self.scaler_.transform(X)

@@ -17,6 +17,7 @@ from scipy import stats
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd", "adagrad")
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "tanh", "sigmoid", "leaky_relu")
+SCALINGS = ("standard", "quantile")  # see searchlab.scaling
 
 # name -> (kind, lower bound, whether the lower bound is allowed, upper bound (exclusive) or None)
 _NUMERIC_LIMITS: dict[str, tuple[str, float, bool, float | None]] = {
@@ -30,13 +31,15 @@ _NUMERIC_LIMITS: dict[str, tuple[str, float, bool, float | None]] = {
     "batch_size": ("int", 1, True, None),
     "epochs": ("int", 1, True, None),
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "activation": ACTIVATIONS}
+_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "activation": ACTIVATIONS, "scaling": SCALINGS}
 
 #: Keywords of `searchlab.model.build_model`.
 BUILD_PARAMS = ("units", "layers", "dropout", "l1", "l2", "noise", "learning_rate", "optimizer", "activation")
 #: Keywords of the training loop rather than the network.
 FIT_PARAMS = ("batch_size", "epochs")
-HYPERPARAMETERS = BUILD_PARAMS + FIT_PARAMS
+#: How the features are scaled before they reach the network.
+SCALING_PARAMS = ("scaling",)
+HYPERPARAMETERS = BUILD_PARAMS + FIT_PARAMS + SCALING_PARAMS
 
 Kind = Literal["int", "float", "choice"]
 

@@ -129,7 +129,7 @@ def test_binary_labels_are_shaped_for_the_model() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 3))
     y = (X[:, 0] > 0).astype("int64")
-    scalers = Scalers.fit(X, y, "binary")
+    scalers = Scalers.fit(X, y, "binary", "standard")
     Xs, ys = scalers.transform(X, y)
     assert ys.shape == (64, 1)
     model = build_model(n_features=3, task="binary", units=4, layers=1)

@@ -1,5 +1,6 @@
 """Feature scaling: the NumPy transform the search trains on and the Keras layers the exported model
-computes are the same function, and `model.scaling=quantile` runs through a whole search."""
+computes are the same function, `model.scaling=quantile` runs through a whole search, and a search
+can choose the scaling like any other hyperparameter."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import numpy as np
 import pytest
 
 from searchlab import pipeline
+from searchlab.coarse import make_estimator, param_key
 from searchlab.config import Config
+from searchlab.data import load_dataset
+from searchlab.metrics import scoring_for
 from searchlab.model import Scalers
 from searchlab.scaling import QuantileNormal, Standardize
 
@@ -79,8 +83,8 @@ def test_wrapped_model_takes_raw_features() -> None:
 def test_quantile_scaling_search_exports_a_raw_feature_model(make_config: Callable[..., Config], store_uri: str,
                                                              tmp_path: Path) -> None:
     result = pipeline.run(make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons",
-                                      "dataset.n_samples=400", "model.scaling=quantile", f"tracking.uri={store_uri}",
-                                      "verbose=0"))
+                                      "dataset.n_samples=400", "search.coarse.space.scaling.values=[quantile]",
+                                      f"tracking.uri={store_uri}", "verbose=0"))
     assert result.final.test_metrics["accuracy"] > 0.8  # moons with noise 0.1: any working net does this
     assert any(layer.name.startswith("quantile") for layer in result.final.model.layers)
     assert result.model_uri is not None
@@ -89,3 +93,32 @@ def test_quantile_scaling_search_exports_a_raw_feature_model(make_config: Callab
     X = result.data.X_test.astype("float32")
     np.testing.assert_allclose(np.asarray(loaded.predict(X, verbose=0)).ravel(),
                                result.final.test_prediction[:, 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_coarse_estimator_scales_as_its_scaling_parameter_says(make_config: Callable[..., Config], task: str) -> None:
+    """`param_key(data, "scaling")` reaches the pipeline's scaling step, inside the target scaling too."""
+    config = make_config("dataset=synthetic", f"dataset.generator={task}", "dataset.n_samples=120", "model.epochs=1")
+    data = load_dataset(config.dataset, config.seed)
+    estimator = make_estimator(data, config.model.hyperparameters(), config.model, scoring_for(data.task, None),
+                               config.seed)
+    estimator.set_params(**{param_key(data, "scaling"): "quantile"}).fit(data.X_train, data.y_train)
+    pipeline_ = estimator.regressor_ if task == "regression" else estimator
+    assert isinstance(pipeline_.named_steps["scale"].scaler_, QuantileNormal)
+
+
+@pytest.mark.slow
+def test_searched_scaling_trains_both_kinds(make_config: Callable[..., Config], store_uri: str) -> None:
+    """With `scaling` searched and kept for the fine grid, coarse candidates and fine trials train with both
+    kinds, and the exported model scales its inputs as the winner did."""
+    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons", "dataset.n_samples=300",
+                         "search.fine.top_fraction=1.0", "search.coarse.n_iter=6", f"tracking.uri={store_uri}",
+                         "verbose=0")
+    config.search.coarse.space = {"scaling": {"type": "choice", "values": ["standard", "quantile"]},
+                                  "units": {"type": "int", "low": 8, "high": 32, "log": True}}
+    result = pipeline.run(config)
+    assert {t.params["scaling"] for t in result.coarse.trials} == {"standard", "quantile"}
+    assert "scaling" in result.fine_space.tuned
+    assert {t.params["scaling"] for t in result.fine.trials if t.ok} == {"standard", "quantile"}
+    quantile_layers = any(layer.name.startswith("quantile") for layer in result.final.model.layers)
+    assert quantile_layers == (result.final.params["scaling"] == "quantile")
