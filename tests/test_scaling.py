@@ -83,7 +83,7 @@ def test_wrapped_model_takes_raw_features() -> None:
 def test_quantile_scaling_search_exports_a_raw_feature_model(make_config: Callable[..., Config], store_uri: str,
                                                              tmp_path: Path) -> None:
     result = pipeline.run(make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons",
-                                      "dataset.n_samples=400", "search.coarse.space.scaling.values=[quantile]",
+                                      "dataset.n_samples=400", "model.scaling=quantile",
                                       f"tracking.uri={store_uri}", "verbose=0"))
     assert result.final.test_metrics["accuracy"] > 0.8  # moons with noise 0.1: any working net does this
     assert any(layer.name.startswith("quantile") for layer in result.final.model.layers)
