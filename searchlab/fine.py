@@ -105,10 +105,13 @@ def run_fine(
             elsewhere (`searchlab.worker`); `on_trial` then sees the coarse winner alone.
     """
     done = dict(done or {})
-    job = _TrainJob({}, validation_split(data, settings.validation_fraction, seed), data.task, data.n_classes,
+    base = {**defaults, **space.fixed}
+    tuned = space.tuned.get("scaling")
+    scalings = {base["scaling"], {**defaults, **coarse_best}["scaling"], *(tuned.values if tuned else ())}
+    job = _TrainJob({}, _scaled_splits(data, settings.validation_fraction, seed, scalings), data.task, data.n_classes,
                     model_settings, seed, settings.executions_per_trial, model_settings.epochs,
                     objective="val_" + scoring.keras_name, negated=scoring.negated, verbose=verbose)
-    search = FineSearch(space, {**defaults, **space.fixed}, settings, scoring, seed, workdir, job)
+    search = FineSearch(space, base, settings, scoring, seed, workdir, job)
     tuner = search.tuner(on_trial, done)
     try:
         if distribute is None:
@@ -127,6 +130,17 @@ def run_fine(
         stop_training()
     trials = sorted((t for trial_id, t in finished.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
+
+
+def _scaled_splits(data: Dataset, fraction: float, seed: int, scalings: set[str]) -> dict[str, _Split]:
+    """The fixed split, scaled once for each scaling a trial may use (fitted on its fit rows)."""
+    X_fit, X_val, y_fit, y_val = validation_split(data, fraction, seed)
+    splits = {}
+    for scaling in scalings:
+        scalers = Scalers.fit(X_fit, y_fit, data.task, scaling)
+        splits[scaling] = _Split(*scalers.transform(X_fit, y_fit), *scalers.transform(X_val, y_val),
+                                 scalers.target_scale)
+    return splits
 
 
 def stop_training() -> None:
@@ -169,11 +183,22 @@ class FineSearch:
 
 
 @dataclass(frozen=True)
+class _Split:
+    """The fine stage's fixed split, scaled one way."""
+
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    target_scale: float
+
+
+@dataclass(frozen=True)
 class _TrainJob:
     """One trial's training, run in a worker process (`_train`)."""
 
     values: dict[str, Any]
-    data: tuple[np.ndarray, ...]  # X_fit, X_val, y_fit, y_val as `validation_split` returns them (unscaled)
+    data: dict[str, _Split]  # by the trial's `scaling`
     task: str
     n_classes: int
     model_settings: ModelConfig
@@ -193,19 +218,16 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
 
     Runs in a worker process: TensorFlow keeps a few MiB per trained model that clear_session
     does not give back, so trials train away from the search process, whose workers are replaced.
-    The features are scaled here, as the trial's `scaling` says (milliseconds against its training).
     """
-    X_fit, X_val, y_fit, y_val = job.data
-    scalers = Scalers.fit(X_fit, y_fit, job.task, job.values["scaling"])
-    X_fit, y_fit = scalers.transform(X_fit, y_fit)
-    X_val, y_val = scalers.transform(X_val, y_val)
+    split = job.data[job.values["scaling"]]
+    X_fit, y_fit, X_val, y_val = split.X_fit, split.y_fit, split.X_val, split.y_val
     build, fit = split_hyperparameters(job.values)
     histories = []
     for execution in range(job.executions):
         keras.utils.set_random_seed(job.seed + execution)  # repeats differ in initial weights and order
         model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
                             steps_per_execution=job.model_settings.steps_per_execution,
-                            target_scale=scalers.target_scale, **build)
+                            target_scale=split.target_scale, **build)
         if job.load_weights:
             model.load_weights(job.load_weights)
         callbacks = training_callbacks(job.model_settings, job.objective, "min" if job.negated else "max")
