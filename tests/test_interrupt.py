@@ -36,6 +36,9 @@ ARGS = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=300", "datas
         "tracking.log_model=false", "verbose=0")
 COARSE_TRIALS = "tags.`searchlab.run` = 'trial' and tags.`searchlab.stage` = 'coarse'"
 FINE_TRIALS = "tags.`searchlab.run` = 'trial' and tags.`searchlab.stage` = 'fine'"
+# A trial run is visible from its creation; one still being written when the signal lands is deleted,
+# so the tests wait for trial runs that have ended before they interrupt.
+ENDED = " and attributes.status != 'RUNNING'"
 SEARCH_TIMEOUT = 600  # a whole smoke search takes ~1 min on 2 busy cores
 
 
@@ -197,7 +200,7 @@ def coarse_resume(tmp_path_factory: pytest.TempPathFactory) -> CoarseResume:
     store = Store(*new_store(tmp, "interrupted"))
     overrides = (f"search.coarse.n_iter={n_iter}", f"tracking.uri={store.uri}")
     with search_process(tmp, "first", *overrides) as proc:
-        wait_until(proc, lambda: len(store.runs(COARSE_TRIALS)) >= 2, "two coarse trial runs")
+        wait_until(proc, lambda: len(store.runs(COARSE_TRIALS + ENDED)) >= 2, "two ended coarse trial runs")
         interrupt_code = interrupt(proc, signal.SIGINT)
     after_interrupt = store.runs()
     resume_code = run_search(tmp, "resumed", *overrides, "resume=last")
@@ -325,7 +328,7 @@ def fine_resume(tmp_path_factory: pytest.TempPathFactory) -> FineResume:
     store = Store(*new_store(tmp, "interrupted"))
     overrides = (f"search.fine.points={points}", f"tracking.uri={store.uri}")
     with search_process(tmp, "first", *overrides) as proc:
-        wait_until(proc, lambda: bool(store.runs(FINE_TRIALS)), "a fine trial run")
+        wait_until(proc, lambda: bool(store.runs(FINE_TRIALS + ENDED)), "an ended fine trial run")
         interrupt_code = interrupt(proc, signal.SIGINT)
     after_interrupt = store.runs()
     resume_code = run_search(tmp, "resumed", *overrides, "resume=last")
