@@ -251,7 +251,9 @@ def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, sc
 
 
 def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, trials: list[tuple[float, float, float]]) -> None:
-    """Log a stage's best score, counts and best-so-far plot (`trials`: score, start, end), and end it."""
+    """Log a stage's best score, counts and best-so-far plot (`trials`: score, start, end), and end it (with
+    any trial run a killed writer left half-written)."""
+    tracker.delete_partial_trials(run_id)
     trials = sorted(trials, key=lambda t: t[2])
     scores = [score for score, _, _ in trials]
     best = max(s for s in scores if np.isfinite(s))

@@ -26,6 +26,7 @@ TRIAL_ID_TAG = "searchlab.trial_id"
 TUNED_TAG = "searchlab.tuned"
 WORKER_TAG = "searchlab.worker"  # the KerasTuner tuner id of the worker that trained a fine trial
 ERROR_TAG = "searchlab.error"
+ENDED = ("FINISHED", "FAILED")  # trial runs written whole; a RUNNING one is a killed writer's partial run
 
 
 @dataclass
@@ -46,7 +47,8 @@ def read_progress(tracker: Tracker, parent: str, space: Space) -> Progress:
         name = stage.tags[STAGE_TAG]
         progress.stage_runs[name] = stage.run_id
         if name == "coarse":
-            trials = [_coarse_trial(run, space) for run in tracker.children(stage.run_id) if CANDIDATE_TAG in run.tags]
+            trials = [_coarse_trial(run, space) for run in tracker.children(stage.run_id)
+                      if CANDIDATE_TAG in run.tags and run.status in ENDED]
             progress.coarse = {trial.number: trial for trial in trials}
         elif name == "fine":
             progress.fine = read_fine_trials(tracker, stage.run_id)
@@ -72,7 +74,7 @@ def log_fine_trial(tracker: Tracker, stage_run: str, trial: FineTrial, scoring: 
 def read_fine_trials(tracker: Tracker, stage_run: str) -> dict[str, tuple[FineTrial, str]]:
     """The fine trials recorded under the fine stage run: trial id -> (trial, run id)."""
     return {run.tags[TRIAL_ID_TAG]: (_fine_trial(run), run.run_id)
-            for run in tracker.children(stage_run) if TRIAL_ID_TAG in run.tags}
+            for run in tracker.children(stage_run) if TRIAL_ID_TAG in run.tags and run.status in ENDED}
 
 
 def _coarse_trial(run: StoredRun, space: Space) -> CoarseTrial:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -97,6 +99,29 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    A store write cut halfway leaves SQLite locked for the clean-up that follows ("database is locked") and a
+    half-written run behind; a write takes milliseconds, so holding the signal costs nothing a user notices.
+    Signal handlers belong to the main thread: elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
 @dataclass(frozen=True)
 class StoredRun:
     """A run read back from the store (to resume a search)."""
@@ -145,14 +170,16 @@ class Tracker:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
         if description:
             all_tags[MLFLOW_RUN_NOTE] = description
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
-        self.open_runs.append(run.info.run_id)
+        with interrupts_held():
+            run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+            self.open_runs.append(run.info.run_id)
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
-        if run_id in self.open_runs:
-            self.open_runs.remove(run_id)
+        with interrupts_held():
+            self.client.set_terminated(run_id, status=status)
+            if run_id in self.open_runs:
+                self.open_runs.remove(run_id)
 
     def end_all(self, status: str) -> None:
         """End every run still open (innermost first), e.g. as KILLED on Ctrl-C or FAILED on an error."""
@@ -172,28 +199,42 @@ class Tracker:
         error: str | None = None,
         first_step: int = 0,
     ) -> str:
-        """Write one finished trial as a complete run in a single batch.
+        """Write one finished trial as a complete run in a single batch, Ctrl-C held until it is written.
 
-        Interrupted halfway (Ctrl-C), the partial run is deleted: a resumed search trains the trial again
-        instead of reading back half of it.
+        If the write fails halfway, the partial run is deleted; a writer killed outright (SIGKILL) leaves
+        it RUNNING, and its stage deletes it when it ends (`delete_partial_trials`). Either way a resumed
+        search trains the trial again instead of reading back half of it.
         """
         all_tags = {**tags, MLFLOW_PARENT_RUN_ID: parent}
         if error:
             all_tags["searchlab.error"] = error[:5000]
-        run = self.client.create_run(self.experiment_id, start_time=_ms(start_time), tags=all_tags, run_name=name)
-        run_id = run.info.run_id
         stamp = _ms(end_time)
         entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if _finite(v)]
         for key, values in curves.items():
             entries += [Metric(key, float(v), stamp, first_step + i) for i, v in enumerate(values) if _finite(v)]
-        try:
-            self.log(run_id, params=params, metrics=entries)
-            self.client.set_terminated(run_id, status="FAILED" if error else "FINISHED", end_time=stamp)
-        except BaseException:
+        with interrupts_held():
+            run = self.client.create_run(self.experiment_id, start_time=_ms(start_time), tags=all_tags,
+                                         run_name=name)
+            run_id = run.info.run_id
+            try:
+                self.log(run_id, params=params, metrics=entries)
+                self.client.set_terminated(run_id, status="FAILED" if error else "FINISHED", end_time=stamp)
+            except Exception:
+                self.client.set_terminated(run_id, status="KILLED")
+                self.client.delete_run(run_id)
+                raise
+        return run_id
+
+    def delete_partial_trials(self, parent: str) -> int:
+        """Delete the runs under `parent` still RUNNING that this process does not hold open: trials whose writer
+        was killed halfway. Call it once nothing else writes under `parent` (its stage is ending)."""
+        partial = [run.info.run_id for run in self.client.search_runs(
+            [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'RUNNING'",
+            max_results=50000) if run.info.run_id not in self.open_runs]
+        for run_id in partial:
             self.client.set_terminated(run_id, status="KILLED")
             self.client.delete_run(run_id)
-            raise
-        return run_id
+        return len(partial)
 
     # -- reading back, to resume ----------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +20,8 @@ from mlflow import MlflowClient
 
 from searchlab import pipeline
 from searchlab.config import Config
-from searchlab.tracking import RUN_TAG, Tracker, flatten, redact
+from searchlab.resume import TRIAL_ID_TAG, read_fine_trials
+from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, interrupts_held, redact
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +131,35 @@ def test_searches_started_together_share_a_new_store(tmp_path: Path) -> None:
     for process in processes:
         process.join(timeout=30)
     assert len(set(outcomes)) == 1 and outcomes[0].isdigit(), outcomes
+
+
+def test_ctrl_c_waits_for_the_store_write_in_progress() -> None:
+    """A signal that lands inside `interrupts_held` is delivered when the block ends, not halfway through it."""
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # a handler that raised would have raised by now
+            written.append("whole")
+    assert written == ["whole"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_killed_writers_partial_trial_is_ignored_then_deleted(store_uri: str) -> None:
+    """A trial run left RUNNING (its writer was killed between create and end) is not read back as done, and
+    ending the stage deletes it; whole trial runs, FINISHED or FAILED, stay."""
+    tracker = Tracker(store_uri, "searchlab")
+    stage = tracker.start_run("fine", {RUN_TAG: "stage", STAGE_TAG: "fine"})
+    tags = {RUN_TAG: "trial", STAGE_TAG: "fine"}
+    whole = tracker.log_trial(stage, "fine-0000", {**tags, TRIAL_ID_TAG: "0000"}, {"units": 8}, {"val_score": 0.5},
+                              {"val_score": [0.4, 0.5]}, time.time() - 1, time.time())
+    failed = tracker.log_trial(stage, "fine-0001", {**tags, TRIAL_ID_TAG: "0001"}, {"units": 9}, {}, {},
+                               time.time() - 1, time.time(), error="loss became NaN")
+    partial = tracker.client.create_run(tracker.experiment_id, run_name="fine-0002",
+                                        tags={**tags, TRIAL_ID_TAG: "0002", "mlflow.parentRunId": stage}).info.run_id
+    held_open = tracker.start_run("in progress here", {RUN_TAG: "note"}, parent=stage)  # this process's own run
+    assert set(read_fine_trials(tracker, stage)) == {"0000", "0001"}
+    assert tracker.delete_partial_trials(stage) == 1
+    assert tracker.client.get_run(partial).info.lifecycle_stage == "deleted"
+    assert {tracker.client.get_run(r).info.status for r in (whole, failed)} == {"FINISHED", "FAILED"}
+    assert tracker.client.get_run(held_open).info.lifecycle_stage == "active"
