@@ -250,35 +250,41 @@ class WideHyperModel(kt.HyperModel):
     Hyperband owns the epoch count, so `epochs` is never declared.
     """
 
-    def __init__(self, bench: Bench, target_scale: float) -> None:
+    def __init__(self, bench: Bench, split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
         super().__init__()
-        self.bench, self.target_scale = bench, target_scale
-        self.scaled: dict[str, tuple[np.ndarray, ...]] = {}  # (X_fit, y_fit, X_val, y_val) by `scaling`
+        self.bench, self.split = bench, split  # (X_fit, y_fit, X_val, y_val), unscaled
+        self.target_scale = Scalers.fit(split[0], split[1], bench.data.task, "standard").target_scale  # any scaling
+        self._scaled: dict[str, tuple[np.ndarray, ...]] = {}
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
         declared = {name: param.declare(hp) for name, param in self.bench.space.items() if name != "epochs"}
         return {**self.bench.defaults, **declared}
 
+    def scaled(self, scaling: str) -> tuple[np.ndarray, ...]:
+        """The split with features scaled as `scaling` says (fitted on the fit rows), computed once."""
+        if scaling not in self._scaled:
+            X_fit, y_fit, X_val, y_val = self.split
+            scalers = Scalers.fit(X_fit, y_fit, self.bench.data.task, scaling)
+            self._scaled[scaling] = (*scalers.transform(X_fit, y_fit), *scalers.transform(X_val, y_val))
+        return self._scaled[scaling]
+
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         keras.utils.set_random_seed(self.bench.seed)  # as searchlab's fine stage: same start for equal shapes
-        build, _ = split_hyperparameters(self.values(hp))
+        values = self.values(hp)
+        build, _ = split_hyperparameters(values)
         data = self.bench.data
-        return build_model(n_features=data.n_features, task=data.task, n_classes=data.n_classes,
-                           steps_per_execution=self.bench.config.model.steps_per_execution,
+        return build_model(n_features=self.scaled(values["scaling"])[0].shape[1], task=data.task,
+                           n_classes=data.n_classes, steps_per_execution=self.bench.config.model.steps_per_execution,
                            target_scale=self.target_scale, **build)
 
-    def fit(self, hp: kt.HyperParameters, model: keras.Model, x: np.ndarray, y: np.ndarray, *,
-            validation_data: tuple[np.ndarray, np.ndarray], epochs: int, initial_epoch: int = 0,
-            callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 0) -> Any:
-        """Features scaled as the trial's `scaling` says (fitted on `x`), then through searchlab's tf.data
-        input pipeline (`fit_model`), as every other method trains: fed NumPy arrays, Keras 3 re-wraps them
-        every epoch (~4x the time per epoch, bench/speed.py)."""
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, epochs: int, initial_epoch: int = 0,
+            callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 0, **kwargs: Any) -> Any:
+        """The split scaled as the trial's `scaling` says (the tuner passes it unscaled), then through searchlab's
+        tf.data input pipeline (`fit_model`), as every other method trains: fed NumPy arrays, Keras 3 re-wraps
+        them every epoch (~4x the time per epoch, bench/speed.py)."""
         values = self.values(hp)
         _, fit = split_hyperparameters(values)
-        if values["scaling"] not in self.scaled:
-            scalers = Scalers.fit(x, y, self.bench.data.task, values["scaling"])
-            self.scaled[values["scaling"]] = (*scalers.transform(x, y), *scalers.transform(*validation_data))
-        x, y, *validation = self.scaled[values["scaling"]]
+        x, y, *validation = self.scaled(values["scaling"])
         history = fit_model(model, x, y, validation=tuple(validation), batch_size=fit["batch_size"], epochs=epochs,
                             initial_epoch=initial_epoch, seed=self.bench.seed, callbacks=callbacks, verbose=verbose)
         if not all(math.isfinite(v) for v in history.history.get("loss", [])):
@@ -308,8 +314,7 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     """KerasTuner Hyperband alone over the coarse space, on searchlab's fine-stage validation split."""
     data, fine, scoring = bench.data, bench.config.search.fine, bench.scoring
     X_fit, X_val, y_fit, y_val = validation_split(data, fine.validation_fraction, bench.seed)
-    target_scale = Scalers.fit(X_fit, y_fit, data.task, "standard").target_scale  # the same for every scaling
-    hypermodel = WideHyperModel(bench, target_scale)
+    hypermodel = WideHyperModel(bench, (X_fit, y_fit, X_val, y_val))
     tuner = RecordingHyperband(
         hypermodel, objective=kt.Objective(scoring.val_key, scoring.direction), val_key=scoring.val_key,
         max_epochs=bench.plan.epochs, factor=fine.factor, hyperband_iterations=bench.plan.kt_iterations,

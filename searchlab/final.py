@@ -52,7 +52,7 @@ def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings:
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
     keras.utils.set_random_seed(seed)
-    net = build_model(n_features=data.n_features, task=data.task, n_classes=data.n_classes,
+    net = build_model(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
                       steps_per_execution=settings.steps_per_execution, target_scale=scalers.target_scale, **build)
     history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed,
                         callbacks=[StopOnNonFiniteLoss()], verbose=2 if verbose >= 2 else 0)

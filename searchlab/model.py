@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from searchlab.config import ModelConfig
-from searchlab.scaling import QuantileNormal, Standardize, feature_scaler
+from searchlab.scaling import Scaler, feature_scaler
 from searchlab.space import BUILD_PARAMS, FIT_PARAMS
 
 # keras.optimizers class per optimizer name in searchlab.space.OPTIMIZERS
@@ -163,7 +163,7 @@ class Scalers:
     """Feature scaling (the `scaling` hyperparameter) and, for regression, target standardization, fitted on training
     rows only."""
 
-    features: Standardize | QuantileNormal
+    features: Scaler
     target: StandardScaler | None
     binary: bool = False
 

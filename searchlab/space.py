@@ -17,7 +17,7 @@ from scipy import stats
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd", "adagrad")
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "tanh", "sigmoid", "leaky_relu")
-SCALINGS = ("standard", "quantile")  # see searchlab.scaling
+SCALINGS = ("standard", "quantile", "piecewise")  # see searchlab.scaling
 
 # name -> (kind, lower bound, whether the lower bound is allowed, upper bound (exclusive) or None)
 _NUMERIC_LIMITS: dict[str, tuple[str, float, bool, float | None]] = {

@@ -18,7 +18,8 @@ from searchlab.config import Config
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
 from searchlab.model import Scalers
-from searchlab.scaling import QuantileNormal, Standardize
+from searchlab.scaling import PiecewiseLinear, QuantileNormal, Scaler, Standardize
+from searchlab.space import SCALINGS
 
 
 def _awkward_features(rows: int, seed: int) -> np.ndarray:
@@ -34,7 +35,7 @@ def _awkward_features(rows: int, seed: int) -> np.ndarray:
     ])
 
 
-def _through_layers(scaler: Standardize | QuantileNormal, X: np.ndarray) -> np.ndarray:
+def _through_layers(scaler: Scaler, X: np.ndarray) -> np.ndarray:
     inputs = keras.Input((X.shape[1],))
     x = inputs
     for layer in scaler.keras_layers():
@@ -42,12 +43,13 @@ def _through_layers(scaler: Standardize | QuantileNormal, X: np.ndarray) -> np.n
     return np.asarray(keras.Model(inputs, x).predict(X.astype("float32"), verbose=0))
 
 
-@pytest.mark.parametrize("scaler", [Standardize(), QuantileNormal()], ids=["standard", "quantile"])
-def test_keras_layers_compute_the_transform(scaler: Standardize | QuantileNormal) -> None:
+@pytest.mark.parametrize("scaler", [Standardize(), QuantileNormal(), PiecewiseLinear()],
+                         ids=["standard", "quantile", "piecewise"])
+def test_keras_layers_compute_the_transform(scaler: Scaler) -> None:
     train, new = _awkward_features(2000, 0), _awkward_features(500, 1)
     new[:5] *= 100.0  # far outside the training range
     scaler.fit(train)
-    expected = scaler.transform(new)
+    expected = scaler.transform(new.astype("float32"))  # what the exported model is given
     np.testing.assert_allclose(_through_layers(scaler, new), expected, atol=2e-3, rtol=1e-3)
 
 
@@ -66,6 +68,24 @@ def test_quantile_normal_shape_of_the_map() -> None:
     assert outside[0, 0] == pytest.approx(3.09, abs=0.01)  # constant beyond the training range
 
 
+def test_piecewise_linear_encoding() -> None:
+    train = _awkward_features(2000, 0)
+    encoder = PiecewiseLinear(n_bins=8).fit(train)
+    encoded = encoder.transform(train)
+    widths = [len(e) - 1 for e in encoder.edges_]
+    assert encoded.shape == (2000, sum(widths))
+    assert widths[0] == widths[1] == widths[5] == 8  # continuous features: every bin
+    assert widths[2] == 1 and widths[3] == 1  # binary: one step; constant: one column
+    assert np.all(encoded[:, 8 + 8 + 1] == 0.0)  # the constant column
+    first = encoded[:, :8]
+    assert np.all((first >= 0.0) & (first <= 1.0))
+    order = np.argsort(train[:, 0])
+    assert np.all(np.diff(first[order].sum(axis=1)) >= 0)  # the bins add up to a monotone code of the value
+    assert np.allclose(np.bincount(np.argmax(first < 1.0, axis=1), minlength=8)[1:], 250, atol=2)  # ~equal bins
+    outside = encoder.transform(np.array([[1e9, 2e4, 5, 7, 1e3, 1e9], [-1e9, 0, -5, 7, -1e3, -1e9]]))
+    assert np.all(outside[0, :8] == 1.0) and np.all(outside[1, :8] == 0.0)  # clipped beyond the training range
+
+
 def test_wrapped_model_takes_raw_features() -> None:
     """`Scalers.wrap` puts the quantile layers in front of the network: raw rows in, the same outputs as the
     network on the scaled rows."""
@@ -80,13 +100,14 @@ def test_wrapped_model_takes_raw_features() -> None:
 
 
 @pytest.mark.slow
-def test_quantile_scaling_search_exports_a_raw_feature_model(make_config: Callable[..., Config], store_uri: str,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("scaling", ["quantile", "piecewise"])
+def test_scaled_search_exports_a_raw_feature_model(make_config: Callable[..., Config], store_uri: str,
+                                                   tmp_path: Path, scaling: str) -> None:
     result = pipeline.run(make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons",
-                                      "dataset.n_samples=400", "model.scaling=quantile",
+                                      "dataset.n_samples=400", f"model.scaling={scaling}",
                                       f"tracking.uri={store_uri}", "verbose=0"))
     assert result.final.test_metrics["accuracy"] > 0.8  # moons with noise 0.1: any working net does this
-    assert any(layer.name.startswith("quantile") for layer in result.final.model.layers)
+    assert any(layer.name.startswith(scaling) for layer in result.final.model.layers)
     assert result.model_uri is not None
     mlflow.set_tracking_uri(result.tracking_uri)
     loaded = mlflow.keras.load_model(result.model_uri)
@@ -108,17 +129,18 @@ def test_coarse_estimator_scales_as_its_scaling_parameter_says(make_config: Call
 
 
 @pytest.mark.slow
-def test_searched_scaling_trains_both_kinds(make_config: Callable[..., Config], store_uri: str) -> None:
-    """With `scaling` searched and kept for the fine grid, coarse candidates and fine trials train with both
-    kinds, and the exported model scales its inputs as the winner did."""
+def test_searched_scaling_trains_every_kind(make_config: Callable[..., Config], store_uri: str) -> None:
+    """With `scaling` searched and kept for the fine grid, coarse candidates and fine trials train with every
+    kind (piecewise widens the network's input), and the exported model scales its inputs as the winner did."""
     config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons", "dataset.n_samples=300",
                          "search.fine.top_fraction=1.0", "search.coarse.n_iter=6", f"tracking.uri={store_uri}",
                          "verbose=0")
-    config.search.coarse.space = {"scaling": {"type": "choice", "values": ["standard", "quantile"]},
+    config.search.coarse.space = {"scaling": {"type": "choice", "values": list(SCALINGS)},
                                   "units": {"type": "int", "low": 8, "high": 32, "log": True}}
     result = pipeline.run(config)
-    assert {t.params["scaling"] for t in result.coarse.trials} == {"standard", "quantile"}
+    assert {t.params["scaling"] for t in result.coarse.trials} == set(SCALINGS)
     assert "scaling" in result.fine_space.tuned
-    assert {t.params["scaling"] for t in result.fine.trials if t.ok} == {"standard", "quantile"}
-    quantile_layers = any(layer.name.startswith("quantile") for layer in result.final.model.layers)
-    assert quantile_layers == (result.final.params["scaling"] == "quantile")
+    assert {t.params["scaling"] for t in result.fine.trials if t.ok} == set(SCALINGS)
+    for scaling in ("quantile", "piecewise"):
+        layers = any(layer.name.startswith(scaling) for layer in result.final.model.layers)
+        assert layers == (result.final.params["scaling"] == scaling)
