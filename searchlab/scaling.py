@@ -94,8 +94,8 @@ class PiecewiseLinear(TransformerMixin, BaseEstimator):
 
     The network sees where a value lies among the training values, bin by bin, so sharp thresholds cost it
     one unit instead of many (on avila, a 3 x 256 MLP: 0.983 test accuracy with 48 bins, 0.923 quantile-scaled).
-    Features with fewer distinct values get fewer bins; a constant feature gets one constant column.
-    Width: up to `n_bins` columns per feature.
+    Features with fewer distinct values get fewer bins, padded with constant 0 columns to the widest
+    feature's count (a constant feature: all 0). Width: n_features x up to `n_bins` columns.
     """
 
     def __init__(self, n_bins: int = 48) -> None:
@@ -117,35 +117,27 @@ class PiecewiseLinear(TransformerMixin, BaseEstimator):
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         Z = np.asarray(X, dtype="float64") - self.center_
-        return np.column_stack([np.clip((Z[:, [j]] - e[:-1]) / np.diff(e), 0.0, 1.0)
-                                for j, e in enumerate(self.edges_)])
+        codes = np.zeros((len(Z), len(self.edges_), max(len(e) - 1 for e in self.edges_)))
+        for j, e in enumerate(self.edges_):
+            codes[:, j, :len(e) - 1] = np.clip((Z[:, [j]] - e[:-1]) / np.diff(e), 0.0, 1.0)
+        return codes.reshape(len(Z), -1)
 
     def keras_layers(self) -> list[keras.layers.Layer]:
-        """x - center, then per feature and bin clip((x - low) / width, 0, 1), then the bins that exist, in
-        `transform`'s order."""
+        """x - center, then per feature and bin clip((x - low) / width, 0, 1) (padding bins: 0), flattened."""
         n_features, n = len(self.edges_), max(len(e) - 1 for e in self.edges_)
         lows, inverse_widths = np.zeros((2, n_features, n), dtype="float32")
-        width = sum(len(e) - 1 for e in self.edges_)
-        select = np.zeros((n_features, n, width), dtype="float32")
-        column = 0
         for f, e in enumerate(self.edges_):
-            bins = len(e) - 1
-            lows[f, :bins], inverse_widths[f, :bins] = e[:-1], 1.0 / np.diff(e)
-            select[f, np.arange(bins), column + np.arange(bins)] = 1.0
-            column += bins
+            lows[f, :len(e) - 1], inverse_widths[f, :len(e) - 1] = e[:-1], 1.0 / np.diff(e)
         to_lows = keras.layers.EinsumDense("bf,fn->bfn", (n_features, n), bias_axes="fn", name="piecewise_offsets")
         per_width = keras.layers.EinsumDense("bfn,fn->bfn", (n_features, n), name="piecewise_widths")
-        clip = keras.layers.ReLU(max_value=1.0, name="piecewise_clip")
-        to_columns = keras.layers.EinsumDense("bfn,fnk->bk", (width,), name="piecewise_columns")
-        for layer, shape in ((to_lows, (None, n_features)), (per_width, (None, n_features, n)),
-                             (to_columns, (None, n_features, n))):
-            layer.build(shape)
+        to_lows.build((None, n_features))
+        per_width.build((None, n_features, n))
         to_lows.set_weights([np.ones((n_features, n), dtype="float32"), -lows])
         per_width.set_weights([inverse_widths])
-        to_columns.set_weights([select])
         center = keras.layers.Normalization(mean=self.center_.astype("float32"),
                                             variance=np.ones(n_features, dtype="float32"), name="piecewise_center")
-        return [center, to_lows, per_width, clip, to_columns]
+        return [center, to_lows, per_width, keras.layers.ReLU(max_value=1.0, name="piecewise_clip"),
+                keras.layers.Reshape((n_features * n,), name="piecewise_flat")]
 
 
 Scaler = Standardize | QuantileNormal | PiecewiseLinear

@@ -73,10 +73,12 @@ def test_piecewise_linear_encoding() -> None:
     encoder = PiecewiseLinear(n_bins=8).fit(train)
     encoded = encoder.transform(train)
     widths = [len(e) - 1 for e in encoder.edges_]
-    assert encoded.shape == (2000, sum(widths))
     assert widths[0] == widths[1] == widths[5] == 8  # continuous features: every bin
-    assert widths[2] == 1 and widths[3] == 1  # binary: one step; constant: one column
-    assert np.all(encoded[:, 8 + 8 + 1] == 0.0)  # the constant column
+    assert widths[2] == 1 and widths[3] == 1  # binary: one step; constant: one bin
+    assert encoded.shape == (2000, 6 * 8)  # every feature padded to the widest's bins
+    binary, constant = encoded[:, 16:24], encoded[:, 24:32]
+    assert set(np.unique(binary[:, 0])) == {0.0, 1.0} and np.all(binary[:, 1:] == 0.0)
+    assert np.all(constant == 0.0)
     first = encoded[:, :8]
     assert np.all((first >= 0.0) & (first <= 1.0))
     order = np.argsort(train[:, 0])
