@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+from searchlab.space import Param
+from searchlab.tracking import Tracker
 
 register_schemas()
 
@@ -40,3 +46,32 @@ def require_system_package(available: bool, reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (.ci/run should have installed it)")
     pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A SQLite MLflow store a test polls while a search writes to it."""
+
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+
+    def runs(self, query: str = "") -> list[Run]:
+        return self.client.search_runs([self.experiment_id], query, max_results=1000)
+
+
+def new_store(folder: Path) -> Store:
+    """A SQLite store in `folder` with the experiment already created, so polling never races the schema set-up."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tracker = Tracker(uri, "searchlab")
+    return Store(uri, tracker.client, tracker.experiment_id)
+
+
+def grid_size(space: dict[str, Any], points: int) -> int:
+    """Trials a grid fine stage runs over a fine stage's `space.json` (its tuned part)."""
+    size = 1
+    for name, spec in space["tuned"].items():
+        param = Param(name, spec["type"], spec.get("low", 0.0), spec.get("high", 0.0), spec.get("log", False),
+                      tuple(spec.get("values", ())))
+        size *= len(param.grid(points))
+    return size

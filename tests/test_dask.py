@@ -21,7 +21,6 @@ from pathlib import Path
 import psutil
 import pytest
 from distributed import Client
-from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from searchlab import pipeline
@@ -31,7 +30,7 @@ from searchlab.config import Config
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
 from searchlab.server import free_port
-from searchlab.tracking import Tracker
+from tests.conftest import Store, new_store
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -45,23 +44,6 @@ TIMEOUT = 300  # one smoke search takes well under a minute on 2 busy cores
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Store:
-    uri: str
-    client: MlflowClient
-    experiment_id: str
-
-    def runs(self, query: str = "") -> list[Run]:
-        return self.client.search_runs([self.experiment_id], query, max_results=1000)
-
-
-def new_store(tmp_path: Path) -> Store:
-    """A SQLite store with the experiment already created, so polling never races the schema set-up."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    tracker = Tracker(uri, "searchlab")
-    return Store(uri, tracker.client, tracker.experiment_id)
 
 
 @contextmanager
@@ -159,7 +141,7 @@ def assert_complete_tree(store: Store, n_iter: int) -> dict[int, Run]:
 
 def test_search_on_a_dask_cluster_matches_the_local_backend(
         cluster: Cluster, tmp_path: Path, make_config: Callable[..., Config]) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path / "mlruns")
     config = make_config(*ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
                          f"search.dask.address={cluster.address}")
     result = pipeline.run(config)
@@ -186,7 +168,7 @@ def _local_coarse(config: Config) -> CoarseResult:
 
 
 def test_a_worker_killed_mid_coarse_loses_no_candidate(cluster: Cluster, tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path / "mlruns")
     n_iter = 6
     overrides = (f"tracking.uri={store.uri}", "search.backend=dask", f"search.dask.address={cluster.address}",
                  f"search.coarse.n_iter={n_iter}")
@@ -212,7 +194,7 @@ def test_a_worker_killed_mid_coarse_loses_no_candidate(cluster: Cluster, tmp_pat
 
 
 def test_local_cluster_leaves_no_process_behind(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path / "mlruns")
     with ExitStack() as stack:
         search = stack.enter_context(process_group(tmp_path / "search.log", sys.executable, "-m", "searchlab",
                                                    *ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
@@ -229,7 +211,7 @@ def test_local_cluster_leaves_no_process_behind(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_on_a_local_cluster_leaves_no_process_behind(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path / "mlruns")
     with ExitStack() as stack:
         search = stack.enter_context(process_group(tmp_path / "search.log", sys.executable, "-m", "searchlab",
                                                    *ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
@@ -246,7 +228,7 @@ def test_ctrl_c_on_a_local_cluster_leaves_no_process_behind(tmp_path: Path) -> N
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path / "mlruns")
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "searchlab", *ARGS, f"tracking.uri={store.uri}",

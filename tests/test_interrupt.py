@@ -27,8 +27,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from searchlab.config import Config
-from searchlab.space import Param
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker
+from tests.conftest import Store, grid_size, new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "searchlab"
@@ -43,13 +43,6 @@ SEARCH_TIMEOUT = 600  # a whole smoke search takes ~1 min on 2 busy cores
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def new_store(tmp_path: Path, name: str) -> tuple[str, MlflowClient, str]:
-    """A SQLite store with the experiment already created, so polling never races the schema set-up."""
-    uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
-    tracker = Tracker(uri, EXPERIMENT)
-    return uri, tracker.client, tracker.experiment_id
 
 
 @contextmanager
@@ -152,27 +145,7 @@ def decisions(uri: str, run_id: str, tmp_path: Path) -> list[str]:
     return sorted(re.sub(r"explains \d+% of the score variance", "explains ?%", line) for line in lines)
 
 
-def grid_size(space: dict[str, Any], points: int) -> int:
-    """Trials a grid fine stage runs over `space.json`'s tuned part."""
-    size = 1
-    for name, spec in space["tuned"].items():
-        param = Param(name, spec["type"], spec.get("low", 0.0), spec.get("high", 0.0), spec.get("log", False),
-                      tuple(spec.get("values", ())))
-        size *= len(param.grid(points))
-    return size
-
-
 # -- tests --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Store:
-    uri: str
-    client: MlflowClient
-    experiment_id: str
-
-    def runs(self, query: str = "") -> list[Run]:
-        return runs(self.client, self.experiment_id, query)
 
 
 @dataclass(frozen=True)
@@ -197,14 +170,14 @@ class CoarseResume:
 def coarse_resume(tmp_path_factory: pytest.TempPathFactory) -> CoarseResume:
     tmp = tmp_path_factory.mktemp("coarse-resume")
     n_iter = 8
-    store = Store(*new_store(tmp, "interrupted"))
+    store = new_store(tmp / "interrupted")
     overrides = (f"search.coarse.n_iter={n_iter}", f"tracking.uri={store.uri}")
     with search_process(tmp, "first", *overrides) as proc:
         wait_until(proc, lambda: len(store.runs(COARSE_TRIALS + ENDED)) >= 2, "two ended coarse trial runs")
         interrupt_code = interrupt(proc, signal.SIGINT)
     after_interrupt = store.runs()
     resume_code = run_search(tmp, "resumed", *overrides, "resume=last")
-    fresh = Store(*new_store(tmp, "fresh"))
+    fresh = new_store(tmp / "fresh")
     fresh_code = run_search(tmp, "fresh", f"search.coarse.n_iter={n_iter}", f"tracking.uri={fresh.uri}")
     return CoarseResume(tmp, store, fresh, n_iter, interrupt_code, output(tmp, "first"),
                         (tmp / "first.err").read_text(), after_interrupt, resume_code, output(tmp, "resumed"),
@@ -325,7 +298,7 @@ class FineResume:
 def fine_resume(tmp_path_factory: pytest.TempPathFactory) -> FineResume:
     tmp = tmp_path_factory.mktemp("fine-resume")
     points = 3  # with max_params=2 from the smoke preset: up to 9 grid trials, time to interrupt
-    store = Store(*new_store(tmp, "interrupted"))
+    store = new_store(tmp / "interrupted")
     overrides = (f"search.fine.points={points}", f"tracking.uri={store.uri}")
     with search_process(tmp, "first", *overrides) as proc:
         wait_until(proc, lambda: bool(store.runs(FINE_TRIALS + ENDED)), "an ended fine trial run")
@@ -392,7 +365,8 @@ def test_resume_of_the_fine_stage_leaves_no_run_running(fine_resume: FineResume)
 
 @pytest.mark.slow
 def test_sigterm_ends_runs_killed(tmp_path: Path) -> None:
-    uri, client, exp = new_store(tmp_path, "store")
+    store = new_store(tmp_path / "store")
+    uri, client, exp = store.uri, store.client, store.experiment_id
     with search_process(tmp_path, "first", f"tracking.uri={uri}") as proc:
         wait_until(proc, lambda: bool(runs(client, exp, "tags.`searchlab.stage` = 'coarse'")), "the coarse stage run")
         time.sleep(2)  # into the training proper

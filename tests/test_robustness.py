@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -26,10 +25,10 @@ from omegaconf import OmegaConf
 from searchlab import pipeline
 from searchlab.config import Config
 from searchlab.errors import StageFailedError
-from searchlab.space import Param
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, redact
 from searchlab.ui import main as ui_main
 from searchlab.ui import ui_command
+from tests.conftest import grid_size
 
 MakeConfig = Callable[..., Config]
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,15 +139,6 @@ def test_binary_labels_are_shaped_for_the_model() -> None:
 # -- two searches on one store ------------------------------------------------------------------
 
 
-def _grid_size(space: dict[str, Any], points: int) -> int:
-    size = 1
-    for name, spec in space["tuned"].items():
-        param = Param(name, spec["type"], spec.get("low", 0.0), spec.get("high", 0.0), spec.get("log", False),
-                      tuple(spec.get("values", ())))
-        size *= len(param.grid(points))
-    return size
-
-
 @pytest.mark.slow
 def test_two_searches_at_once_on_one_store(tmp_path: Path, make_config: MakeConfig) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
@@ -188,7 +178,7 @@ def test_two_searches_at_once_on_one_store(tmp_path: Path, make_config: MakeConf
         fine = [r for r in found if parent_of[r.info.run_id] == stages["fine"].info.run_id]
         assert sorted(int(r.data.tags["searchlab.candidate"]) for r in coarse) == list(range(n_iter))
         space = mlflow.artifacts.load_dict(f"{stages['fine'].info.artifact_uri}/space.json")
-        assert len(fine) == _grid_size(space, points) + 1  # the grid + the coarse winner
+        assert len(fine) == grid_size(space, points) + 1  # the grid + the coarse winner
         assert all(_role(r) == ("trial", "fine") for r in fine)
         assert {r.info.status for r in coarse + fine} <= {"FINISHED", "FAILED"}
         tree_sizes += 1 + len(stages) + len(coarse) + len(fine)
