@@ -37,7 +37,14 @@ from searchlab.errors import SearchInterrupted
 from searchlab.final import best_epoch_count, refit_and_test
 from searchlab.fine import validation_split
 from searchlab.metrics import Scoring
-from searchlab.model import Scalers, build_model, fit_model, split_hyperparameters, training_callbacks
+from searchlab.model import (
+    Scalers,
+    build_model,
+    fit_model,
+    replay_learning_rate,
+    split_hyperparameters,
+    training_callbacks,
+)
 from searchlab.space import Param
 
 METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search")
@@ -164,7 +171,8 @@ class FoldRecorder:
         params = estimator.get_params()
         record = {"key": candidate_key({k: params[k] for k in self.keys}), "time": time.time(), "score": score,
                   "epochs": len(history.get("loss", [])),
-                  "val_curve": [float(v) for v in history.get(self.val_key, [])]}
+                  "val_curve": [float(v) for v in history.get(self.val_key, [])],
+                  "learning_rate": [float(v) for v in history.get("learning_rate", [])]}
         with open(self.folder / f"{os.getpid()}.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")
         return score
@@ -228,9 +236,12 @@ def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecord
     best = by_key[candidate_key(search.best_params_)]
     # refit for the mean over folds of the epoch with the best validation score (what early stopping kept)
     key, mode = bench.scoring.val_key, bench.scoring.direction
-    epochs = round(float(np.mean([best_epoch_count({key: f["val_curve"]}, f["epochs"], key, mode) for f in best])))
+    best_epochs = [best_epoch_count({key: f["val_curve"]}, f["epochs"], key, mode) for f in best]
+    epochs = round(float(np.mean(best_epochs)))
+    # and at the learning rates of the fold whose best epoch is nearest that count
+    typical = best[int(np.argmin([abs(e - epochs) for e in best_epochs]))]
     params = {key.rsplit("__", 1)[-1]: _plain(value) for key, value in search.best_params_.items()}
-    test, refit_epochs = _refit(bench, params, epochs)
+    test, refit_epochs = _refit(bench, params, epochs, replay_learning_rate(typical))
     return MethodResult(method, settings, bench.plan.planned(method), float(search.best_score_), test,
                         trials=len(results["params"]),
                         epochs_trained=sum(f["epochs"] for folds in by_key.values() for f in folds) + refit_epochs,
@@ -293,17 +304,20 @@ class WideHyperModel(kt.HyperModel):
 
 
 class RecordingHyperband(kt.Hyperband):
-    """Hyperband that keeps every trial's per-epoch validation score (`val_key`) and its end time."""
+    """Hyperband that keeps every trial's per-epoch validation score (`val_key`), learning rate and end time."""
 
     def __init__(self, *args: Any, val_key: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.val_key = val_key
         self.val_curve: dict[str, list[tuple[int, float]]] = {}
+        self.learning_rate: dict[str, list[float]] = {}
         self.ended: dict[str, float] = {}
 
     def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: dict[str, float] | None = None) -> None:
         super().on_epoch_end(trial, model, epoch, logs=logs)
         self.val_curve.setdefault(trial.trial_id, []).append((epoch, float((logs or {}).get(self.val_key, math.nan))))
+        if logs and "learning_rate" in logs:
+            self.learning_rate.setdefault(trial.trial_id, []).append(float(logs["learning_rate"]))
 
     def on_trial_end(self, trial: Any) -> None:
         self.ended[trial.trial_id] = time.time()
@@ -330,7 +344,8 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     first = curve[0][0] if curve else 0  # Hyperband continues some trials from an earlier one's epochs
     epochs = first + best_epoch_count({"v": [v for _, v in curve]}, bench.plan.epochs, "v", scoring.direction)
     params = {k: v for k, v in hypermodel.values(best.hyperparameters.copy()).items() if k != "epochs"}
-    test, refit_epochs = _refit(bench, params, epochs)
+    rates = {"learning_rate": tuner.learning_rate.get(best.trial_id, [])}
+    test, refit_epochs = _refit(bench, params, epochs, replay_learning_rate(rates, first))
     settings = {"max_epochs": bench.plan.epochs, "factor": fine.factor,
                 "hyperband_iterations": bench.plan.kt_iterations, "validation_fraction": fine.validation_fraction}
     return MethodResult("kerastuner-hyperband", settings, bench.plan.kerastuner, scoring.to_score(best.score), test,
@@ -338,9 +353,12 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
                         trace=trace, best_params=params)
 
 
-def _refit(bench: Bench, params: dict[str, Any], epochs: int) -> tuple[dict[str, float], int]:
-    """Test metrics of `params` refit on all training rows, and the epochs that refit trained."""
-    final = refit_and_test(bench.data, {**bench.defaults, **params}, epochs, bench.config.model, bench.seed)
+def _refit(bench: Bench, params: dict[str, Any], epochs: int, learning_rates: keras.callbacks.Callback | None,
+           ) -> tuple[dict[str, float], int]:
+    """Test metrics of `params` refit on all training rows (at `learning_rates`), and the epochs that refit
+    trained."""
+    final = refit_and_test(bench.data, {**bench.defaults, **params}, epochs, bench.config.model, bench.seed,
+                           learning_rates=learning_rates)
     return _test_metrics(final.test_metrics), len(final.history.get("loss", []))
 
 

@@ -64,6 +64,8 @@ class ModelConfig:
     batch_size: int = 64
     epochs: int = 200
     patience: int = 15
+    reduce_lr: float = 0.3
+    reduce_lr_patience: int = 5
     validation_fraction: float = 0.1
     steps_per_execution: int = 16
     scaling: str = "standard"
@@ -225,6 +227,8 @@ def _validate_model(m: ModelConfig) -> None:
         if problem:
             raise ConfigError(f"model.{name} {problem}.")
     _check_range("model.patience", m.patience, 1)
+    _check_range("model.reduce_lr", m.reduce_lr, 0.0, 1.0, low_open=True, high_open=False)
+    _check_range("model.reduce_lr_patience", m.reduce_lr_patience, 1)
     _check_range("model.validation_fraction", m.validation_fraction, 0.0, 0.5, low_open=True, high_open=False)
     _check_range("model.steps_per_execution", m.steps_per_execution, 1)
 

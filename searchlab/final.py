@@ -1,7 +1,8 @@
 """Final model: refit the chosen hyperparameters on all training rows, then test it once.
 
 With no validation rows left, training runs for the epoch count at which the chosen
-configuration's fine-stage validation score was best (what early stopping restored).
+configuration's fine-stage validation score was best (what early stopping restored), at the
+learning rates that fit used.
 The test split is used here and only here, for the model and for a trivial baseline.
 """
 
@@ -46,16 +47,20 @@ def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "
 
 
 def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings: ModelConfig, seed: int,
-                   verbose: int = 0) -> FinalResult:
-    """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline."""
+                   verbose: int = 0, learning_rates: keras.callbacks.Callback | None = None) -> FinalResult:
+    """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline.
+
+    `learning_rates` (`searchlab.model.replay_learning_rate`) replays the chosen fit's learning rates.
+    """
     scalers = Scalers.fit(data.X_train, data.y_train, data.task, params["scaling"])
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
     keras.utils.set_random_seed(seed)
     net = build_model(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
                       steps_per_execution=settings.steps_per_execution, target_scale=scalers.target_scale, **build)
-    history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed,
-                        callbacks=[StopOnNonFiniteLoss()], verbose=2 if verbose >= 2 else 0)
+    callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
+    history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,
+                        verbose=2 if verbose >= 2 else 0)
     model = scalers.wrap(net)
     prediction = predict_scores(model, data.X_test, data.task)
     return FinalResult(

@@ -149,13 +149,36 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 def training_callbacks(settings: ModelConfig, monitor: str = "val_loss", mode: str = "min",
                        ) -> list[keras.callbacks.Callback]:
-    """Early stopping on a validation metric (the search's, see `Scoring.val_key`), and an immediate
-    stop when the loss turns NaN/inf."""
-    return [
+    """Early stopping on a validation metric (the search's, see `Scoring.val_key`), a smaller learning rate
+    when that metric stalls (logged per epoch as `learning_rate`, for `replay_learning_rate`), and an
+    immediate stop when the loss turns NaN/inf."""
+    callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience,
                                       restore_best_weights=True),
         StopOnNonFiniteLoss(),
     ]
+    if settings.reduce_lr < 1:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=settings.reduce_lr,
+                                                           patience=settings.reduce_lr_patience, min_lr=1e-6))
+    return callbacks
+
+
+def replay_learning_rate(curves: dict[str, list[float]], first_epoch: int = 0) -> keras.callbacks.Callback | None:
+    """The learning rates a validated fit used, epoch by epoch, for a refit without validation rows.
+
+    `curves["learning_rate"][i]` is the rate epoch `first_epoch + i` trained at; epochs before the curve's
+    first one run at the optimizer's initial rate, and epochs past its end at the last rate. None when the fit
+    did not record its rate (reduce_lr off).
+    """
+    rates = curves.get("learning_rate")
+    if not rates:
+        return None
+
+    def rate(epoch: int, initial: float) -> float:
+        index = epoch - first_epoch
+        return initial if index < 0 else float(rates[min(index, len(rates) - 1)])
+
+    return keras.callbacks.LearningRateScheduler(rate)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, best_epoch_count, refit_and_test
 from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, run_fine
 from searchlab.metrics import Scoring, scoring_for
+from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
 from searchlab.progress import StageProgress, format_duration, format_params
 from searchlab.resume import CANDIDATE_TAG, Progress, log_fine_trial, read_fine_trials, read_progress
@@ -123,7 +124,8 @@ def run(config: Config) -> SearchResult:
         epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"], scoring.val_key,
                                                            scoring.direction)
         say(f"final: refitting the best configuration on all training rows for {epochs} epochs")
-        final = refit_and_test(data, best.params, epochs, config.model, config.seed, config.verbose)
+        final = refit_and_test(data, best.params, epochs, config.model, config.seed, config.verbose,
+                               replay_learning_rate(best.curves, best.first_epoch))
         result = _finish(tracker, parent, config, data, scoring, coarse, fine_space, fine, final, started)
         tracker.end_run(parent)
         shutil.rmtree(workdir, ignore_errors=True)

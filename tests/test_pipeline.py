@@ -79,6 +79,14 @@ def test_curves_are_step_series(smoke: tuple[pipeline.SearchResult, MlflowClient
     assert len(client.get_metric_history(coarse_run.info.run_id, "val_loss")) >= 1
 
 
+def test_final_refit_replays_the_winners_learning_rates(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
+    result, _ = smoke
+    winner = result.fine.best.curves["learning_rate"]
+    refit = result.final.history["learning_rate"]
+    assert len(refit) == result.final.epochs
+    assert refit == pytest.approx((winner + [winner[-1]] * len(refit))[:len(refit)])
+
+
 def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
     result, client = smoke
     names = {a.path for a in client.list_artifacts(result.run_id)}

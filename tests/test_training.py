@@ -1,0 +1,55 @@
+"""The training protocol every stage shares: learning-rate cuts on a stalled validation score, replayed by a refit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from searchlab.config import Config
+from searchlab.model import build_model, fit_model, replay_learning_rate, training_callbacks
+
+
+def _noisy_binary(rows: int = 240) -> tuple[np.ndarray, np.ndarray]:
+    """Labels that are half noise: the validation loss stalls within a few epochs at a high learning rate."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 5)).astype("float32")
+    y = ((X[:, 0] + rng.normal(scale=2.0, size=rows)) > 0).astype("float32").reshape(-1, 1)
+    return X, y
+
+
+def _fit(config: Config, epochs: int, **kwargs: object) -> keras.callbacks.History:
+    X, y = _noisy_binary()
+    keras.utils.set_random_seed(0)
+    model = build_model(n_features=5, task="binary", units=64, learning_rate=0.05)
+    return fit_model(model, X[:180], y[:180], batch_size=32, epochs=epochs, seed=0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_stalled_fit_gets_smaller_learning_rates_and_a_refit_replays_them(
+        make_config: Callable[..., Config]) -> None:
+    config = make_config("model.patience=30", "model.reduce_lr=0.5", "model.reduce_lr_patience=2")
+    X, y = _noisy_binary()
+    validated = _fit(config, 20, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
+    rates = validated.history["learning_rate"]
+    assert rates[0] == np.float32(0.05)
+    assert min(rates) < 0.05 / 2 + 1e-9  # cut at least twice, by 0.5 each time
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
+
+    refit = _fit(config, 25, callbacks=[replay_learning_rate(validated.history)])
+    assert refit.history["learning_rate"] == rates + [rates[-1]] * 5
+
+
+def test_a_continued_fit_replays_from_its_first_epoch() -> None:
+    """Hyperband continues trials from an earlier one's weights: epochs before the curve run at the initial rate."""
+    schedule = replay_learning_rate({"learning_rate": [0.01, 0.001]}, first_epoch=2)
+    assert schedule is not None
+    assert [schedule.schedule(epoch, 0.1) for epoch in range(5)] == [0.1, 0.1, 0.01, 0.001, 0.001]
+
+
+def test_no_reduction_records_no_rates(make_config: Callable[..., Config]) -> None:
+    config = make_config("model.reduce_lr=1")
+    X, y = _noisy_binary()
+    history = _fit(config, 3, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
+    assert "learning_rate" not in history.history
+    assert replay_learning_rate(history.history) is None
