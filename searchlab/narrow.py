@@ -1,8 +1,10 @@
 """Narrowing: from coarse results to the fine stage's search space. Pure code.
 
-Influence of a hyperparameter is the share of the coarse score variance its value
-explains: the adjusted correlation ratio (epsilon squared) of the scores grouped by
+Influence of a hyperparameter is the share of the coarse scores' rank variance its value
+explains: the adjusted correlation ratio (epsilon squared) of the score ranks grouped by
 the parameter's value (categories, or three quantile bins of the, log-aware, value).
+Ranks, not raw scores: a few diverged candidates (an RMSE of 90 among 8s) would otherwise
+make the variance theirs, and the influence of whatever they happen to share.
 The most influential few keep a range spanning the best candidates' values; the
 rest are fixed at the best candidate's values.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 
 from searchlab.space import Param, Space
 
@@ -39,7 +42,7 @@ class Decision:
         return self.narrowed is not None
 
     def explain(self) -> str:
-        share = f"explains {self.influence:.0%} of the score variance"
+        share = f"explains {self.influence:.0%} of the score ranks' variance"
         if self.narrowed is None:
             value = _fmt(self.fixed_value)
             return f"{self.name}: {share}; fixed at {value}, the best candidate's value ({self.why_fixed})"
@@ -88,13 +91,14 @@ def narrow(
     ok = np.isfinite(scores)
     if not ok.any():
         raise ValueError("every coarse candidate failed; there is nothing to narrow from")
-    filled = np.where(ok, scores, scores[ok].min())  # for influence: failing is as bad as the worst success
+    # for influence: failing is as bad as the worst success (tied with it), and only the order counts
+    ranks = rankdata(np.where(ok, scores, scores[ok].min()))
     order = np.argsort(-np.where(ok, scores, -np.inf), kind="stable")  # failures rank below every success
     n_top = min(int(ok.sum()), max(_MIN_TOP, math.ceil(top_fraction * ok.sum())))
     top = [trials[i][0] for i in order[:n_top]]
     best = trials[int(order[0])][0]
 
-    influence = {name: _influence([t[0][name] for t in trials], filled, param) for name, param in space.items()}
+    influence = {name: _influence([t[0][name] for t in trials], ranks, param) for name, param in space.items()}
     ranked = sorted(space, key=lambda name: -influence[name])
     tuned: dict[str, Param] = {}
     decisions = []
@@ -113,7 +117,7 @@ def narrow(
 
 
 def _influence(values: list[Any], scores: np.ndarray, param: Param) -> float:
-    """Adjusted share of score variance explained by grouping on this parameter's value."""
+    """Adjusted share of the variance of `scores` explained by grouping on this parameter's value."""
     if param.is_numeric:
         x = np.array([float(v) for v in values])
         x = np.log(x) if param.log else x

@@ -103,7 +103,7 @@ def scores_vs_params(trials: Trials, params: Sequence[ParamView], metric: str, p
 
 
 def influence(influences: Mapping[str, float], kept: set[str], path: Path | str) -> Path:
-    """Horizontal bars of each hyperparameter's share of score variance explained, kept ones highlighted."""
+    """Horizontal bars of each hyperparameter's share of the score ranks' variance explained, kept ones highlighted."""
     clean = {name: share if math.isfinite(share) else 0.0 for name, share in influences.items()}
     ranked = sorted(clean.items(), key=lambda item: item[1])  # barh draws bottom-up: largest on top
     fig, axes = _figure(1, 1, (8.0, max(_SIZE[1], 0.4 * len(ranked) + 1.5)))
@@ -113,7 +113,7 @@ def influence(influences: Mapping[str, float], kept: set[str], path: Path | str)
     for y, share in enumerate(shares):
         ax.text(share + 0.01, y, f"{share:.0%}", va="center", fontsize=9)
     ax.set(xlim=(0, 1.1), title="Influence of each hyperparameter on the coarse score",
-           xlabel="share of score variance explained")
+           xlabel="share of score rank variance explained")
     ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
     ax.legend(handles=[Patch(color=_KEPT, label="kept (searched in fine stage)"),
                        Patch(color=_OTHER, label="fixed")], loc="lower right")

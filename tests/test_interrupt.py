@@ -142,7 +142,7 @@ def decisions(uri: str, run_id: str, tmp_path: Path) -> list[str]:
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="narrowing.md", tracking_uri=uri,
                                                 dst_path=str(dst))
     lines = [line for line in Path(local).read_text().splitlines() if "kept" in line or "fixed at" in line]
-    return sorted(re.sub(r"explains \d+% of the score variance", "explains ?%", line) for line in lines)
+    return sorted(re.sub(r"explains \d+% of the score ranks' variance", "explains ?%", line) for line in lines)
 
 
 # -- tests --------------------------------------------------------------------------------------

@@ -77,6 +77,18 @@ def test_unrelated_parameters_have_low_influence() -> None:
     assert all(influence[name] < 0.25 for name in SPACE if name != "learning_rate")
 
 
+def test_a_few_diverged_candidates_do_not_decide_the_influence() -> None:
+    """Dropout drives the score; three candidates diverge (scores far below the rest) whatever their dropout,
+    and happen to share an optimizer. On raw scores the optimizer would explain most of the variance; on
+    ranks dropout stays the most influential."""
+    trials = [(p, -10.0 * p["dropout"]) for p in _sample(SPACE, 30, 2)]
+    diverged = [(dict(p, optimizer="sgd"), -1000.0 - i) for i, (p, _) in enumerate(trials[:3])]
+    others = [(dict(p, optimizer=("adam", "rmsprop")[i % 2]), s) for i, (p, s) in enumerate(trials[3:])]
+    fine = narrow(diverged + others, SPACE, max_params=1, top_fraction=0.25)
+    assert fine.decisions[0].name == "dropout"
+    assert list(fine.tuned) == ["dropout"]
+
+
 def test_log_range_is_positive_inside_and_spans_best() -> None:
     """A narrowed log range stays > 0, inside the original bounds, spans the best values and is narrower."""
     trials = _lr_driven()
