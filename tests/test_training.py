@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -19,11 +20,11 @@ def _noisy_binary(rows: int = 240) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _fit(config: Config, epochs: int, **kwargs: object) -> keras.callbacks.History:
+def _fit(config: Config, epochs: int, **kwargs: Any) -> keras.callbacks.History:
     X, y = _noisy_binary()
     keras.utils.set_random_seed(0)
     model = build_model(n_features=5, task="binary", units=64, learning_rate=0.05)
-    return fit_model(model, X[:180], y[:180], batch_size=32, epochs=epochs, seed=0, **kwargs)  # type: ignore[arg-type]
+    return fit_model(model, X[:180], y[:180], batch_size=32, epochs=epochs, seed=0, **kwargs)
 
 
 def test_a_stalled_fit_gets_smaller_learning_rates_and_a_refit_replays_them(
