@@ -143,10 +143,14 @@ def _small_search(make_config: Callable[..., Config], store_uri: str, *overrides
 
 
 def test_binary_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
+    """A binary task goes through every stage (the fine stage used to crash on 1-D labels, fixed in 116f455)."""
     result = _small_search(make_config, store_uri, "dataset.generator=moons")
     assert result.data.task == "binary"
     assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
-    assert all(t.ok for t in result.fine.trials)
+    assert result.fine.best.ok and all(t.ok for t in result.fine.trials)
+    client = MlflowClient(store_uri)
+    statuses = {r.info.run_name: r.info.status for r in _runs(client, result.experiment_id, "")}
+    assert set(statuses.values()) == {"FINISHED"}, statuses
     assert result.final.test_metrics["roc_auc"] > 0.5
 
 

@@ -2,8 +2,8 @@
 store, hygiene (credentials, UI binding, safe model loading) and repeatability under a seed.
 
 Searches run in-process through `searchlab.pipeline.run` (except the concurrent pair, which must be
-two processes) on a small synthetic 3-class table where the data set does not matter; the binary
-task has its own test.
+two processes) on a small synthetic 3-class table where the data set does not matter (the binary task:
+test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -107,17 +107,6 @@ def test_a_stage_where_every_trial_fails_fails_the_search(make_config: MakeConfi
     trials = [run for run in found if _role(run) == ("trial", "coarse")]
     assert len(trials) == config.search.coarse.n_iter
     assert {run.info.status for run in trials} == {"FAILED"}
-
-
-@pytest.mark.slow
-def test_binary_task_search_finishes(make_config: MakeConfig, store_uri: str) -> None:
-    """A binary task goes through every stage (the fine stage used to crash on 1-D labels, fixed in 116f455)."""
-    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.n_samples=300", "verbose=0",
-                         "search.coarse.n_iter=2", f"tracking.uri={store_uri}", "tracking.log_model=false")
-    result = pipeline.run(config)
-    assert result.data.task == "binary"
-    assert result.fine.best.ok and all(t.ok for t in result.fine.trials)
-    assert "RUNNING" not in _statuses(_runs(store_uri)).values()
 
 
 def test_binary_labels_are_shaped_for_the_model() -> None:

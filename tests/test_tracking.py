@@ -24,6 +24,8 @@ from searchlab.resume import TRIAL_ID_TAG, read_fine_trials
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, interrupts_held, redact
 
 ROOT = Path(__file__).resolve().parents[1]
+# These tests are about registry and sweep mechanics: two coarse candidates and a 2-trial grid will do.
+FEW_TRIALS = ("search.coarse.n_iter=2", "search.fine.max_params=1")
 
 
 def test_redact_hides_credentials() -> None:
@@ -68,7 +70,7 @@ def test_logged_model_pins_what_trained_it(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_registry_champion_moves_only_on_a_better_score(make_config: Callable[..., Config], store_uri: str) -> None:
     common = ["experiment=smoke", "dataset=synthetic", "dataset.generator=moons", "dataset.n_samples=300",
-              f"tracking.uri={store_uri}", "verbose=0", "tracking.register_as=moons"]
+              f"tracking.uri={store_uri}", "verbose=0", "tracking.register_as=moons", *FEW_TRIALS]
     first = pipeline.run(make_config(*common))
     assert first.registry and "now the champion" in first.registry
     # A deliberately weak second search (one tiny candidate, 1 epoch) must not take the alias.
@@ -92,7 +94,7 @@ def test_multirun_sweep_one_parent_per_job(tmp_path: Path) -> None:
     Tracker(uri, "searchlab")  # the store and experiment exist before the jobs (COMPAT.md)
     out = subprocess.run(
         [sys.executable, "-m", "searchlab", "-m", "seed=1,2", "experiment=smoke", "dataset=synthetic",
-         "dataset.n_samples=300", f"tracking.uri={uri}", "tracking.log_model=false", "verbose=0"],
+         "dataset.n_samples=300", f"tracking.uri={uri}", "tracking.log_model=false", "verbose=0", *FEW_TRIALS],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
