@@ -211,7 +211,9 @@ def targets_report(all_results: dict[str, list[MethodResult]], quick: bool) -> s
             met = reached is not None and reached <= plain.wall_time / 2
             when = f"after {format_duration(reached)}" if reached is not None else "never"
             parts.append(f"{method} {when} ({'met' if met else 'not met'})")
-        lines.append(f"- {name}: random-search best {plain.best_val_score:.4f} in {format_duration(plain.wall_time)}, "
+        scoring = scoring_for(TASKS.get(name, "multiclass"), SCORING.get(name))  # digits: multiclass, accuracy
+        best = f"{scoring.display_name} {scoring.to_metric(plain.best_val_score):.4f}"
+        lines.append(f"- {name}: random-search best {best} in {format_duration(plain.wall_time)}, "
                      f"half is {format_duration(plain.wall_time / 2)}; " + "; ".join(parts or ["no searchlab result"]))
     return "\n".join(lines)
 
