@@ -24,13 +24,20 @@ import numpy as np
 from compare_budget import Plan
 from hydra import compose, initialize_config_dir
 from joblib.externals.loky import get_reusable_executor
-from sklearn.exceptions import FitFailedWarning
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingRandomSearchCV)
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV
 
 from searchlab import pipeline
-from searchlab.coarse import _find_net, _threads_per_worker, _workers, make_cv, make_estimator, param_key
+from searchlab.coarse import (
+    _find_net,
+    _threads_per_worker,
+    _workers,
+    make_cv,
+    make_estimator,
+    param_key,
+    silence_fit_warnings,
+)
 from searchlab.config import CONF_DIR, Config, from_dictconfig
 from searchlab.data import Dataset
 from searchlab.errors import SearchInterrupted
@@ -224,7 +231,7 @@ def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecord
                     started: float) -> MethodResult:
     """Fit a scikit-learn search as searchlab's coarse stage would, then refit its best on all training rows."""
     with _threads_per_worker(_workers(search.n_jobs)), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FitFailedWarning)  # failed fits score NaN, as in searchlab
+        silence_fit_warnings()  # failed fits score NaN, as in searchlab
         search.fit(bench.data.X_train, bench.data.y_train)
     by_key: dict[str, list[dict[str, Any]]] = {}
     for fold in recorder.folds():

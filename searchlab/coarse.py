@@ -252,7 +252,7 @@ def run_coarse(
         search.estimator.set_params(**{_net_prefix(data) + "model__record_dir": history_dir})
         pending = [number for number in range(settings.n_iter) if number not in done]
         with _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
+            silence_fit_warnings()
             search.batch_size = workers
             # Several `fit` calls, each over a slice of the candidates, so local worker processes can be
             # replaced in between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
@@ -310,6 +310,14 @@ def _threads_per_worker(workers: int) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def silence_fit_warnings() -> None:
+    """Inside `warnings.catch_warnings()`: silence the cross-validation fits' warnings that need no action."""
+    warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
+    # loky replaces a worker whose memory grew by 300 MB since its first fit (TensorFlow keeps some per trained
+    # model) and warns if fits were queued for it; they go to the new worker, none is lost.
+    warnings.filterwarnings("ignore", "A worker stopped while some jobs were given to the executor", UserWarning)
 
 
 _FITS_PER_WORKER = 30  # fits a joblib worker runs before it is replaced (~5 MiB kept per fit, ~5 s to restart)
