@@ -20,7 +20,7 @@ import keras
 import keras_tuner as kt
 import keras_tuner.src.config as kt_config
 import numpy as np
-from joblib.externals.loky import get_reusable_executor
+from joblib.externals.loky import ProcessPoolExecutor, get_reusable_executor
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 from sklearn.model_selection import train_test_split
 
@@ -143,9 +143,15 @@ def _scaled_splits(data: Dataset, fraction: float, seed: int, scalings: set[str]
     return splits
 
 
+def trial_worker() -> ProcessPoolExecutor:
+    """The worker process that trains the trials. Always asked for with one worker: loky resizes its
+    executor to any other size, and a resize waits for the running trial to end."""
+    return get_reusable_executor(max_workers=1)
+
+
 def stop_training() -> None:
     """End the process that trains the trials at once (at the end of a search, on Ctrl-C or an error)."""
-    get_reusable_executor().shutdown(wait=False, kill_workers=True)
+    trial_worker().shutdown(wait=False, kill_workers=True)
 
 
 @dataclass(frozen=True)
@@ -343,9 +349,9 @@ class _TrackingMixin:
 
     def _in_worker(self, job: _TrainJob) -> list[dict[str, list[float]]]:
         if self._trained and self._trained % _TRIALS_PER_WORKER == 0:
-            get_reusable_executor().shutdown(wait=True)  # a fresh worker: see `_train`
+            trial_worker().shutdown(wait=True)  # a fresh worker: see `_train`
         self._trained += 1
-        histories = get_reusable_executor(max_workers=1).submit(_train, job).result()
+        histories = trial_worker().submit(_train, job).result()
         for logs in histories:
             for i, epoch in enumerate(logs["epoch"]):
                 self._epochs.append({"epoch": epoch, **{k: v[i] for k, v in logs.items() if k != "epoch"}})

@@ -9,6 +9,7 @@ resuming relies on. The data set is a small synthetic 3-class table: it does not
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -23,9 +24,11 @@ from typing import Any
 import mlflow
 import numpy as np
 import pytest
+from joblib.externals.loky.process_executor import ShutdownExecutorError
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from searchlab import fine
 from searchlab.config import Config
 from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker
 from tests.conftest import Store, grid_size, new_store
@@ -256,6 +259,18 @@ def test_resumed_narrowing_and_fine_grid_match_an_uninterrupted_search(coarse_re
     fresh_fine = {frozenset(run.data.params.items()) for run in r.fresh.runs(FINE_TRIALS)}
     assert space == fresh_space
     assert fine == fresh_fine
+
+
+def test_stopping_kills_the_running_trial_without_waiting_for_it() -> None:
+    """A stop (Ctrl-C, SIGTERM, the search's end) ends the trial worker at once. With loky's default
+    size, the stop used to resize the one-worker executor first, and a resize waits for the running job."""
+    worker = fine.trial_worker()
+    worker.submit(os.getpid).result()  # the worker process is up
+    trial = worker.submit(time.sleep, 120)  # stands in for a long trial
+    time.sleep(1)
+    fine.stop_training()
+    with pytest.raises(ShutdownExecutorError):  # killed; the old stop returned None after 120 s
+        trial.result(timeout=60)
 
 
 def test_resume_reads_back_the_exact_coarse_values(tmp_path: Path, make_config: Callable[..., Config]) -> None:
