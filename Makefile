@@ -35,12 +35,12 @@ bench: install
 	$(BIN)/python bench/compare.py $(ARGS)
 
 ui: install
-	$(BIN)/python -m searchlab.ui $(ARGS)
+	$(BIN)/python -m searchlab.infra.ui $(ARGS)
 
 # The team setup on this machine: PostgreSQL (Debian's postgresql) + `mlflow server` on 127.0.0.1:5000, data in
 # mlruns/server/; searches use it with ARGS=tracking=server. ARGS="--port 5001 --workers 4"; Ctrl-C stops both.
 server: install
-	$(BIN)/python -m searchlab.server $(ARGS)
+	$(BIN)/python -m searchlab.infra.tracking_server $(ARGS)
 
 # Refresh the pins after changing pyproject.toml's dependencies.
 lock: install

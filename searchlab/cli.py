@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from typing import Any, NoReturn
@@ -17,8 +16,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from searchlab.config import CONF_DIR, from_dictconfig, register_schemas
+from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+from searchlab.console import silence_native_stderr, where_to_look
+from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, SearchlabError
+from searchlab.metrics import scoring_for
 
 register_schemas()
 _failed_jobs: list[str] = []
@@ -28,17 +30,10 @@ _failed_jobs: list[str] = []
 def _main(cfg: DictConfig) -> dict[str, Any]:
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        config = from_dictconfig(cfg)
-        from searchlab import pipeline  # TensorFlow loads here, after the config is known to be valid
-        from searchlab.ui import where_to_look
+        config, data = _checked(from_dictconfig(cfg))
+        from searchlab import pipeline  # TensorFlow loads here, once the configuration and data are known good
 
-        if config.verbose < 2:
-            for noisy in ("tensorflow", "absl", "mlflow", "alembic", "distributed"):
-                logging.getLogger(noisy).setLevel(logging.ERROR)
-
-        if config.resume:
-            config = pipeline.resumed_config(config)
-        result = pipeline.run(config)
+        result = pipeline.run(config, data=data)
     except SearchInterrupted as exc:
         print(f"searchlab: {exc}", file=sys.stderr)
         sys.exit(130)
@@ -80,25 +75,30 @@ class SweepSummary(Callback):
             print(f"  {overrides}: {shown}")
 
 
+def _checked(config: Config) -> tuple[Config, Dataset]:
+    """The configuration to run (a resumed search's own) and its data set, checked to suit each other: user
+    mistakes in a new search are reported before TensorFlow's seconds of start-up."""
+    if config.verbose < 2:
+        for noisy in ("tensorflow", "absl", "mlflow", "alembic", "distributed"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    if config.resume:
+        from searchlab.pipeline import resumed_config
+
+        config = resumed_config(config)
+    data = load_dataset(config.dataset, config.seed)
+    scoring_for(data.task, config.search.coarse.scoring)
+    check_cv_feasible(data, config.search.coarse.cv)
+    return config, data
+
+
 def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _silence_native_stderr() -> None:
-    """Send TensorFlow's C++ log lines (which ignore TF_CPP_MIN_LOG_LEVEL before absl is set up)
-    to /dev/null, keeping Python's own stderr (errors, tracebacks) on the terminal."""
-    sys.stderr.flush()
-    python_stderr = os.dup(2)
-    sys.stderr = os.fdopen(python_stderr, "w", buffering=1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
 
 
 def main() -> None:
     """Console entry point."""
     if not any(arg.startswith("verbose=2") for arg in sys.argv[1:]):  # verbose=2 shows everything
-        _silence_native_stderr()
+        silence_native_stderr()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends runs as KILLED, like Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     _main()

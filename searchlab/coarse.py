@@ -32,11 +32,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import ClassifierTags, RegressorTags
 
-from searchlab.cluster import dask_backend, tf_thread_env
-from searchlab.config import CoarseConfig, DaskConfig, ModelConfig
+from searchlab.config import CoarseConfig, DaskConfig
+from searchlab.context import SearchContext
 from searchlab.data import Dataset
+from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring
-from searchlab.model import build_model, fit_model, training_callbacks
+from searchlab.model import build_model, diverged, fit_model, mean_curves, training_callbacks
 from searchlab.scaling import FeatureScaler
 from searchlab.space import BUILD_PARAMS, SCALING_PARAMS, Param, Space
 
@@ -82,10 +83,12 @@ class CoarseResult:
 
 
 class _FailureNotes:
-    """For the SciKeras wrappers: a fit whose training loss turns NaN/inf fails, and any failed fit
-    leaves its reason in `model__record_dir` for the parent process (joblib workers cannot tell it)."""
+    """For the SciKeras wrappers: training through searchlab's tf.data pipeline, and failed fits recorded
+    instead of raised (see `fit`).
 
-    model__candidate: int
+    `_build_keras_model`, `_fit_keras_model`, `_random_state` and `_fit_callbacks` are SciKeras internals
+    (SciKeras offers no public hook to replace how the network is fitted); tests/test_thirdparty.py checks them.
+    """
 
     def _build_keras_model(self) -> Any:
         keras.backend.clear_session()  # drop earlier folds' graphs: memory stays flat with n_jobs=1
@@ -107,18 +110,17 @@ class _FailureNotes:
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
 
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
+        """Fit; a fit that raises or diverges does not raise, it leaves `fit_error_` for the scorer to score
+        NaN (a failed candidate is recorded and skipped, as scikit-learn's `error_score=nan` would, but
+        without scikit-learn refusing a batch whose every fit failed)."""
+        self.fit_error_: str | None = None
         try:
             super().fit(X, y, **kwargs)  # type: ignore[misc]
-            losses = self.history_.get("loss", [])
-            bad = [i for i, v in enumerate(losses) if not np.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"training loss became {losses[bad[0]]} at epoch {bad[0] + 1}")
+            problem = diverged(self.history_.get("loss", []))
+            if problem:
+                raise FloatingPointError(problem)
         except Exception as exc:
-            record_dir = getattr(self, "model__record_dir", None)
-            if record_dir:
-                note = Path(record_dir) / f"{self.model__candidate}.error"
-                note.write_text(f"{type(exc).__name__}: {exc}".strip()[:2000])
-            raise
+            self.fit_error_ = f"{type(exc).__name__}: {exc}".strip()[:2000]
         return self
 
 
@@ -148,29 +150,30 @@ class SearchlabRegressor(_FailureNotes, KerasRegressor):
         return tags
 
 
-def make_estimator(data: Dataset, defaults: dict[str, Any], settings: ModelConfig, scoring: Scoring, seed: int) -> Any:
-    """A scikit-learn estimator (scaling inside, then the network) with `defaults` as hyperparameters.
+def make_estimator(ctx: SearchContext, values: Mapping[str, Any] | None = None) -> Any:
+    """A scikit-learn estimator (scaling inside, then the network) with `values` as hyperparameters, the
+    defaults (`ctx.defaults`) for the rest.
 
-    Regression targets are standardized inside too (`TransformedTargetRegressor`), so
-    every fold fits its own target scaling.
+    Regression targets are standardized inside too (`TransformedTargetRegressor`), so every fold fits its own
+    target scaling.
     """
-    wrapper = SearchlabRegressor if data.task == "regression" else SearchlabClassifier
+    hyperparameters = {**ctx.defaults, **(values or {})}
+    wrapper = SearchlabRegressor if ctx.data.task == "regression" else SearchlabClassifier
     net = wrapper(
         model=_scikeras_model,
-        model__task=data.task,
+        model__task=ctx.data.task,
         model__candidate=-1,
-        model__record_dir=None,
-        model__steps_per_execution=settings.steps_per_execution,
-        **{f"model__{name}": defaults[name] for name in BUILD_PARAMS},
-        batch_size=defaults["batch_size"],
-        epochs=defaults["epochs"],
-        callbacks=training_callbacks(settings, scoring.val_key, scoring.direction),
-        validation_split=settings.validation_fraction,
-        random_state=seed,
+        model__steps_per_execution=ctx.model.steps_per_execution,
+        **{f"model__{name}": hyperparameters[name] for name in BUILD_PARAMS},
+        batch_size=hyperparameters["batch_size"],
+        epochs=hyperparameters["epochs"],
+        callbacks=training_callbacks(ctx.model, ctx.scoring.val_key, ctx.scoring.direction),
+        validation_split=ctx.model.validation_fraction,
+        random_state=ctx.seed,
         verbose=0,
     )
-    pipeline = Pipeline([("scale", FeatureScaler(defaults["scaling"])), ("net", net)])
-    if data.task == "regression":
+    pipeline = Pipeline([("scale", FeatureScaler(hyperparameters["scaling"])), ("net", net)])
+    if ctx.data.task == "regression":
         return TransformedTargetRegressor(regressor=pipeline, transformer=StandardScaler())
     return pipeline
 
@@ -182,12 +185,11 @@ def param_key(data: Dataset, name: str) -> str:
     return _net_prefix(data) + (f"model__{name}" if name in BUILD_PARAMS else name)
 
 
-def _pipeline_prefix(data: Dataset) -> str:
-    return "regressor__" if data.task == "regression" else ""
-
-
-def _net_prefix(data: Dataset) -> str:
-    return _pipeline_prefix(data) + "net__"
+def find_net(estimator: Any) -> Any:
+    """The fitted SciKeras network inside a (fitted) `make_estimator` estimator."""
+    if isinstance(estimator, TransformedTargetRegressor):
+        estimator = estimator.regressor_
+    return estimator.named_steps["net"]
 
 
 def make_cv(data: Dataset, folds: int, seed: int) -> StratifiedKFold | KFold:
@@ -196,77 +198,68 @@ def make_cv(data: Dataset, folds: int, seed: int) -> StratifiedKFold | KFold:
     return splitter(n_splits=folds, shuffle=True, random_state=seed)
 
 
+def sampler_seed(settings: CoarseConfig, seed: int) -> int:
+    """The seed the candidates are sampled with: `search.coarse.random_state`, else the search's seed."""
+    return seed if settings.random_state is None else settings.random_state
+
+
 def run_coarse(
-    data: Dataset,
+    ctx: SearchContext,
     space: Space,
-    defaults: dict[str, Any],
     settings: CoarseConfig,
-    model_settings: ModelConfig,
-    scoring: Scoring,
-    seed: int,
-    on_trial: Callable[[CoarseTrial], None] = lambda trial: None,
-    done: Mapping[int, CoarseTrial] | None = None,
+    *,
+    on_trial: Callable[[CoarseTrial], None] | None = None,
+    finished: Mapping[int, CoarseTrial] | None = None,
     dask: DaskConfig | None = None,
 ) -> CoarseResult:
     """Cross-validate `settings.n_iter` random candidates from `space`.
 
-    Hyperparameters outside `space` keep their `defaults`. `on_trial` is called with each
-    newly finished candidate, in candidate order. Candidates in `done` (by number, e.g. read
-    back from the store when resuming) are reused, not trained again. The fits run in
-    `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
+    Hyperparameters outside `space` keep their defaults (`ctx.defaults`). The fits run in `settings.n_jobs`
+    local worker processes, or on the Dask cluster `dask` describes.
+
+    Args:
+        on_trial: called with each newly finished candidate, in candidate order.
+        finished: candidates already evaluated, by number (read back from the store when resuming): reused,
+            not trained again.
 
     Raises:
-        ConfigError: the Dask cluster cannot be used (see `cluster.dask_backend`).
+        ConfigError: the Dask cluster cannot be used (see `searchlab.infra.dask_cluster.dask_backend`).
     """
-    done = dict(done or {})
-    random_state = seed if settings.random_state is None else settings.random_state
-    cv = make_cv(data, settings.cv, seed)
+    finished = dict(finished or {})
+    cv = make_cv(ctx.data, settings.cv, ctx.seed)
+    trials: list[CoarseTrial] = list(finished.values())
+    candidate_key = _net_prefix(ctx.data) + "model__candidate"
+    X, y = ctx.data.X_train, ctx.data.y_train
+    fold_keys = [_fold_key(X[test]) for _, test in cv.split(X, y)]
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir:
-        search = _StreamingSearch(
-            make_estimator(data, defaults, model_settings, scoring, seed),
-            {param_key(data, name): param.distribution() for name, param in space.items()},
-            n_iter=settings.n_iter,
-            scoring=_HistoryScorer(scoring.name, history_dir),
-            cv=cv,
-            n_jobs=settings.n_jobs,
-            random_state=random_state,
-            refit=False,
-            error_score=np.nan,
-        )
-        trials: list[CoarseTrial] = list(done.values())
 
-        candidate_key = _net_prefix(data) + "model__candidate"
-        fold_keys = [_fold_key(data.X_train[test]) for _, test in cv.split(data.X_train, data.y_train)]
-
-        def report(candidates: list[dict[str, Any]], results: dict[str, Any] | None, started: float) -> None:
+        def report(candidates: list[dict[str, Any]], results: dict[str, Any], started: float) -> None:
             for offset, candidate in enumerate(candidates):
-                row = len(results["params"]) - len(candidates) + offset if results is not None else -1
+                row = len(results["params"]) - len(candidates) + offset
                 number = candidate[candidate_key]
                 sampled = {key: value for key, value in candidate.items() if key != candidate_key}
                 trial = _make_trial(number, sampled, space, results, row, Path(history_dir), fold_keys, started)
                 trials.append(trial)
-                on_trial(trial)
+                if on_trial is not None:
+                    on_trial(trial)
 
-        search.report = report
-        search.candidate_key = candidate_key
-        search.estimator.set_params(**{_net_prefix(data) + "model__record_dir": history_dir})
-        pending = [number for number in range(settings.n_iter) if number not in done]
+        pending = [number for number in range(settings.n_iter) if number not in finished]
         with _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
             silence_fit_warnings()
-            search.batch_size = workers
             # Several `fit` calls, each over a slice of the candidates, so local worker processes can be
             # replaced in between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
             per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if recycle else max(1, len(pending))
             for start in range(0, len(pending), per_slice):
                 if start:
                     get_reusable_executor().shutdown(wait=True)
-                search.numbers = set(pending[start:start + per_slice])
-                try:
-                    search.fit(data.X_train, data.y_train)
-                except IndexError:
-                    if any(t.ok for t in trials):
-                        raise  # scikit-learn trips on a slice where no fit succeeded; anything else is a bug
-    return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), scoring)
+                search = _StreamingSearch(
+                    make_estimator(ctx), {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
+                    numbers=frozenset(pending[start:start + per_slice]), batch_size=workers,
+                    candidate_key=candidate_key, report=report, n_iter=settings.n_iter,
+                    scoring=_HistoryScorer(ctx.scoring.name, history_dir), cv=cv, n_jobs=settings.n_jobs,
+                    random_state=sampler_seed(settings, ctx.seed), refit=False, error_score=np.nan)
+                search.fit(X, y)
+    return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), ctx.scoring)
 
 
 @contextmanager
@@ -274,11 +267,13 @@ def _fit_backend(n_jobs: int, dask: DaskConfig | None, history_dir: str) -> Iter
     """Where the fits run: yields how many run at once, and whether to replace the worker processes
     between slices (local joblib workers only; a Dask worker can be given `--lifetime` instead)."""
     if dask is not None:
+        from searchlab.infra.dask_cluster import dask_backend  # loads dask.distributed: only when asked for
+
         with dask_backend(dask, history_dir) as threads:
             yield threads, False
         return
-    workers = _workers(n_jobs)
-    with _threads_per_worker(workers):
+    workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+    with worker_thread_env(workers):
         try:
             yield workers, workers > 1
         finally:
@@ -286,35 +281,11 @@ def _fit_backend(n_jobs: int, dask: DaskConfig | None, history_dir: str) -> Iter
                 get_reusable_executor().shutdown(wait=False, kill_workers=True)
 
 
-def _workers(n_jobs: int) -> int:
-    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
-
-
-@contextmanager
-def _threads_per_worker(workers: int) -> Iterator[None]:
-    """Size TensorFlow's thread pools in joblib's worker processes so they share the cores.
-
-    Workers inherit the environment when they start; TensorFlow reads these variables then.
-    """
-    if workers == 1:
-        yield
-        return
-    env = tf_thread_env(max(1, (os.cpu_count() or 1) // workers))
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def silence_fit_warnings() -> None:
     """Inside `warnings.catch_warnings()`: silence the cross-validation fits' warnings that need no action."""
     warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
+    # A failed fit scores NaN (see `_FailureNotes.fit`); it is reported as a FAILED trial.
+    warnings.filterwarnings("ignore", "One or more of the test scores are non-finite", UserWarning)
     # loky replaces a worker whose memory grew by 300 MB since its first fit (TensorFlow keeps some per trained
     # model) and warns if fits were queued for it; they go to the new worker, none is lost.
     warnings.filterwarnings("ignore", "A worker stopped while some jobs were given to the executor", UserWarning)
@@ -324,12 +295,23 @@ _FITS_PER_WORKER = 30  # fits a joblib worker runs before it is replaced (~5 MiB
 
 
 class _StreamingSearch(RandomizedSearchCV):
-    """`RandomizedSearchCV` that evaluates its candidates a batch at a time and reports each batch."""
+    """`RandomizedSearchCV` that evaluates some of its candidates, a batch at a time, and reports each batch.
 
-    report: Callable[[list[dict[str, Any]], dict[str, Any] | None, float], None]
-    batch_size: int = 1
-    candidate_key: str = "net__model__candidate"
-    numbers: set[int] = set()  # the candidates (by number in sampling order) this `fit` evaluates
+    Args (beyond `RandomizedSearchCV`'s):
+        numbers: the candidates (by number in sampling order) this `fit` evaluates.
+        batch_size: candidates evaluated at once (as many as fits run in parallel).
+        candidate_key: the estimator parameter that carries a candidate's number into its fits.
+        report: called with each batch's candidates, the search's results so far, and the batch's start time.
+    """
+
+    def __init__(self, estimator: Any, param_distributions: dict[str, Any], *, numbers: frozenset[int],
+                 batch_size: int, candidate_key: str,
+                 report: Callable[[list[dict[str, Any]], dict[str, Any], float], None], **kwargs: Any) -> None:
+        super().__init__(estimator, param_distributions, **kwargs)
+        self.numbers = numbers
+        self.batch_size = batch_size
+        self.candidate_key = candidate_key
+        self.report = report
 
     def __getstate__(self) -> dict[str, Any]:
         # scikit-learn sends the search itself to the workers (as `caller`); the report callback
@@ -339,6 +321,7 @@ class _StreamingSearch(RandomizedSearchCV):
         return state
 
     def _run_search(self, evaluate_candidates: Callable[[Iterable[dict[str, Any]]], dict[str, Any]]) -> None:
+        # `_run_search` is how scikit-learn's BaseSearchCV subclasses choose their candidates.
         sampled = ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state)
         # The candidate number travels with the parameters so each fold's curves can be matched to it.
         candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)
@@ -346,67 +329,55 @@ class _StreamingSearch(RandomizedSearchCV):
         for start in range(0, len(candidates), self.batch_size):
             batch = candidates[start:start + self.batch_size]
             started = time.time()
-            try:
-                results: dict[str, Any] | None = evaluate_candidates(batch)
-            except ValueError as exc:
-                if "fits failed" not in str(exc):
-                    raise
-                results = None  # scikit-learn refuses a batch whose every fit failed; the search goes on
-            self.report(batch, results, started)
+            self.report(batch, evaluate_candidates(batch), started)
 
 
 class _HistoryScorer:
-    """Scores a fitted fold, and leaves its training curves in `history_dir` for the parent process."""
+    """Scores a fitted fold, and leaves its training curves (or why its fit failed) in `history_dir` for the
+    parent process: joblib's worker processes cannot hand them back otherwise."""
 
     def __init__(self, scoring: str, history_dir: str) -> None:
         self.scorer = get_scorer(scoring)
         self.history_dir = history_dir
 
     def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
-        net = _find_net(estimator)
+        net = find_net(estimator)
+        candidate = net.get_params()["model__candidate"]
+        if net.fit_error_ is not None:
+            (Path(self.history_dir) / f"{candidate}.error").write_text(net.fit_error_)
+            return float("nan")
         history = {k: [float(v) for v in values] for k, values in net.history_.items()}
-        path = Path(self.history_dir) / f"{net.get_params()['model__candidate']}-{_fold_key(X)}.json"
-        path.write_text(json.dumps(history))
+        (Path(self.history_dir) / f"{candidate}-{_fold_key(X)}.json").write_text(json.dumps(history))
         return float(self.scorer(estimator, X, y))
 
 
 def _scikeras_model(meta: dict[str, Any], compile_kwargs: dict[str, Any], params: dict[str, Any],
-                    candidate: int, record_dir: str | None, **hyperparameters: Any) -> Any:
+                    candidate: int, **hyperparameters: Any) -> Any:
     n_classes = meta.get("n_classes_") or 0
     return build_model(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
 
 
-def _find_net(estimator: Any) -> Any:
-    if isinstance(estimator, TransformedTargetRegressor):
-        estimator = estimator.regressor_
-    return estimator.named_steps["net"]
+def _pipeline_prefix(data: Dataset) -> str:
+    return "regressor__" if data.task == "regression" else ""
+
+
+def _net_prefix(data: Dataset) -> str:
+    return _pipeline_prefix(data) + "net__"
 
 
 def _fold_key(X: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
 
 
-def _make_trial(number: int, candidate: dict[str, Any], space: Space, results: dict[str, Any] | None, row: int,
+def _make_trial(number: int, candidate: dict[str, Any], space: Space, results: dict[str, Any], row: int,
                 history_dir: Path, fold_keys: list[str], started: float) -> CoarseTrial:
     params = {name: space[name].cast(value) for key, value in candidate.items()
               for name in [key.rsplit("__", 1)[-1]]}
-    if results is None:  # every fit of its batch failed
-        scores = tuple(float("nan") for _ in fold_keys)
-    else:
-        scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
-    paths = [history_dir / f"{number}-{fold}.json" for fold in fold_keys]
-    histories = [json.loads(path.read_text()) for path in paths if path.exists()]
+    scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
+    histories = [json.loads(path.read_text()) for fold in fold_keys
+                 for path in [history_dir / f"{number}-{fold}.json"] if path.exists()]
     error = None
     if not all(np.isfinite(scores)):
         note = history_dir / f"{number}.error"
         error = note.read_text() if note.exists() else "a fold's fit or scoring failed"
-    return CoarseTrial(number, params, scores, _mean_curves(histories), error, started, time.time())
-
-
-def _mean_curves(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
-    curves: dict[str, list[float]] = {}
-    for key in histories[0] if histories else []:
-        series = [h[key] for h in histories if key in h]
-        length = max(len(s) for s in series)
-        curves[key] = [float(np.mean([s[e] for s in series if e < len(s)])) for e in range(length)]
-    return curves
+    return CoarseTrial(number, params, scores, mean_curves(histories), error, started, time.time())

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from sklearn.dummy import DummyClassifier, DummyRegressor
 
-from searchlab.config import ModelConfig
+from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.metrics import evaluate_predictions
 from searchlab.model import (
@@ -46,21 +46,22 @@ def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "
     return int(np.argmin(values)) + 1 if values else fallback
 
 
-def refit_and_test(data: Dataset, params: dict[str, Any], epochs: int, settings: ModelConfig, seed: int,
-                   verbose: int = 0, learning_rates: keras.callbacks.Callback | None = None) -> FinalResult:
+def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
+                   learning_rates: keras.callbacks.Callback | None = None) -> FinalResult:
     """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline.
 
     `learning_rates` (`searchlab.model.replay_learning_rate`) replays the chosen fit's learning rates.
     """
+    data, seed = ctx.data, ctx.seed
     scalers = Scalers.fit(data.X_train, data.y_train, data.task, params["scaling"])
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
     keras.utils.set_random_seed(seed)
     net = build_model(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
-                      steps_per_execution=settings.steps_per_execution, target_scale=scalers.target_scale, **build)
+                      steps_per_execution=ctx.model.steps_per_execution, target_scale=scalers.target_scale, **build)
     callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
     history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,
-                        verbose=2 if verbose >= 2 else 0)
+                        verbose=2 if ctx.verbose >= 2 else 0)
     model = scalers.wrap(net)
     prediction = predict_scores(model, data.X_test, data.task)
     return FinalResult(

@@ -11,27 +11,34 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import keras_tuner as kt
-import keras_tuner.src.config as kt_config
+import keras_tuner.src.config as kt_config  # the only switch for KerasTuner's traceback per failed trial
 import numpy as np
-from joblib.externals.loky import ProcessPoolExecutor, get_reusable_executor
-from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+from joblib.externals.loky import ProcessPoolExecutor
 from sklearn.model_selection import train_test_split
 
 from searchlab.config import FineConfig, ModelConfig
+from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
-from searchlab.model import Scalers, build_model, fit_model, split_hyperparameters, training_callbacks
+from searchlab.model import (
+    Scalers,
+    build_model,
+    diverged,
+    fit_model,
+    mean_curves,
+    split_hyperparameters,
+    training_callbacks,
+)
 from searchlab.narrow import FineSpace
 
 COARSE_WINNER = "coarse-winner"
-_TRIALS_PER_WORKER = 25  # trials a worker process trains before it is replaced (~5 MiB kept per model)
 
 
 @dataclass(frozen=True)
@@ -72,86 +79,112 @@ def validation_split(data: Dataset, fraction: float, seed: int) -> tuple[np.ndar
                                   shuffle=True, stratify=stratify))
 
 
+@dataclass(frozen=True)
+class ScaledSplit:
+    """The fine stage's fixed split, scaled one way (fitted on its fit rows)."""
+
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    target_scale: float
+
+
+def scaled_splits(data: Dataset, fraction: float, seed: int, scalings: Iterable[str]) -> dict[str, ScaledSplit]:
+    """The fixed split (`validation_split`), scaled once for each of `scalings`."""
+    X_fit, X_val, y_fit, y_val = validation_split(data, fraction, seed)
+    splits = {}
+    for scaling in set(scalings):
+        scalers = Scalers.fit(X_fit, y_fit, data.task, scaling)
+        splits[scaling] = ScaledSplit(*scalers.transform(X_fit, y_fit), *scalers.transform(X_val, y_val),
+                                      scalers.target_scale)
+    return splits
+
+
 # Has the trials run on KerasTuner workers while serving the oracle; returns the finished trials.
 Distribute = Callable[["FineSearch", kt.Oracle], Mapping[str, FineTrial]]
 
 
 def run_fine(
-    data: Dataset,
+    ctx: SearchContext,
     space: FineSpace,
-    defaults: dict[str, Any],
-    coarse_best: dict[str, Any],
+    coarse_best: Mapping[str, Any],
     settings: FineConfig,
-    model_settings: ModelConfig,
-    scoring: Scoring,
-    seed: int,
+    *,
     workdir: Path,
-    verbose: int = 0,
-    on_trial: Callable[[FineTrial], None] = lambda trial: None,
-    done: Mapping[str, FineTrial] | None = None,
+    on_trial: Callable[[FineTrial], None] | None = None,
+    finished: Mapping[str, FineTrial] | None = None,
     distribute: Distribute | None = None,
 ) -> FineResult:
     """Search `space` with KerasTuner, then train the coarse winner under the same protocol.
 
     Args:
-        defaults: values for hyperparameters neither tuned nor fixed by `space`.
-        coarse_best: the coarse winner's sampled values.
+        coarse_best: the coarse winner's sampled values (the rest are `ctx.defaults`).
         workdir: where KerasTuner and the Hyperband checkpoints live; kept for resuming.
         on_trial: called with each newly finished trial, the coarse winner last.
-        done: trials already recorded (by trial id), replayed rather than trained again. KerasTuner
+        finished: trials already recorded (by trial id), replayed rather than trained again. KerasTuner
             cannot reload a grid search (keras-tuner#1055), so a resumed search starts the tuner
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
         distribute: given, this process only holds the oracle and `distribute` has the trials run
-            elsewhere (`searchlab.worker`); `on_trial` then sees the coarse winner alone.
+            elsewhere (`searchlab.infra.tuner_workers`); `on_trial` then sees the coarse winner alone.
     """
-    done = dict(done or {})
-    base = {**defaults, **space.fixed}
+    finished = dict(finished or {})
+    report = on_trial or (lambda trial: None)
+    base = {**ctx.defaults, **space.fixed}
+    winner_values = {**ctx.defaults, **coarse_best}
     tuned = space.tuned.get("scaling")
-    scalings = {base["scaling"], {**defaults, **coarse_best}["scaling"], *(tuned.values if tuned else ())}
-    job = _TrainJob({}, _scaled_splits(data, settings.validation_fraction, seed, scalings), data.task, data.n_classes,
-                    model_settings, seed, settings.executions_per_trial, model_settings.epochs,
-                    objective="val_" + scoring.keras_name, negated=scoring.negated, verbose=verbose)
-    search = FineSearch(space, base, settings, scoring, seed, workdir, job)
-    tuner = search.tuner(on_trial, done)
+    scalings = {base["scaling"], winner_values["scaling"], *(tuned.values if tuned else ())}
+    job = _TrainJob(values={}, data=scaled_splits(ctx.data, settings.validation_fraction, ctx.seed, scalings),
+                    task=ctx.data.task, n_classes=ctx.data.n_classes, model_settings=ctx.model, seed=ctx.seed,
+                    executions=settings.executions_per_trial, epochs=ctx.model.epochs,
+                    objective=ctx.scoring.val_key, negated=ctx.scoring.negated, verbose=ctx.verbose)
+    search = FineSearch(space, base, settings, ctx.scoring, ctx.seed, workdir, job)
+    tuner = search.tuner(report, finished)
     try:
         if distribute is None:
             tuner.search(verbose=0)
-            finished = tuner.finished
+            done = tuner.finished
         else:
-            finished = distribute(search, tuner.oracle)
-        winner = done.get(COARSE_WINNER)
+            done = distribute(search, tuner.oracle)
+        winner = finished.get(COARSE_WINNER)
         if winner is None:
-            winner_values = {**defaults, **coarse_best}
             if settings.kind == "hyperband":
                 winner_values["epochs"] = settings.max_epochs
             winner = tuner.train_fixed(COARSE_WINNER, winner_values)
-            on_trial(winner)
+            report(winner)
     finally:
-        stop_training()
-    trials = sorted((t for trial_id, t in finished.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
+        tuner.stop()
+    trials = sorted((t for trial_id, t in done.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
 
 
-def _scaled_splits(data: Dataset, fraction: float, seed: int, scalings: set[str]) -> dict[str, _Split]:
-    """The fixed split, scaled once for each scaling a trial may use (fitted on its fit rows)."""
-    X_fit, X_val, y_fit, y_val = validation_split(data, fraction, seed)
-    splits = {}
-    for scaling in scalings:
-        scalers = Scalers.fit(X_fit, y_fit, data.task, scaling)
-        splits[scaling] = _Split(*scalers.transform(X_fit, y_fit), *scalers.transform(X_val, y_val),
-                                 scalers.target_scale)
-    return splits
+class TrialPool:
+    """The one worker process that trains the fine stage's trials, owned by its tuner.
 
+    Trials train away from the search process because TensorFlow keeps a few MiB per trained model that
+    `clear_session` does not give back; the worker is replaced every `recycle_every` trials.
+    """
 
-def trial_worker() -> ProcessPoolExecutor:
-    """The worker process that trains the trials. Always asked for with one worker: loky resizes its
-    executor to any other size, and a resize waits for the running trial to end."""
-    return get_reusable_executor(max_workers=1)
+    def __init__(self, recycle_every: int = 25) -> None:
+        self.recycle_every = recycle_every
+        self.trained = 0
+        self._executor: ProcessPoolExecutor | None = None
 
+    def run(self, job: _TrainJob) -> list[dict[str, list[float]]]:
+        """Train `job` in the worker; raises what training raised (e.g. `FailedTrialError`)."""
+        if self._executor is not None and self.trained and self.trained % self.recycle_every == 0:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=1)
+        self.trained += 1
+        return self._executor.submit(_train, job).result()
 
-def stop_training() -> None:
-    """End the process that trains the trials at once (at the end of a search, on Ctrl-C or an error)."""
-    trial_worker().shutdown(wait=False, kill_workers=True)
+    def kill(self) -> None:
+        """End the worker at once, a running trial with it (at the end of a stage, on Ctrl-C or an error)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, kill_workers=True)
+            self._executor = None
 
 
 @dataclass(frozen=True)
@@ -189,22 +222,11 @@ class FineSearch:
 
 
 @dataclass(frozen=True)
-class _Split:
-    """The fine stage's fixed split, scaled one way."""
-
-    X_fit: np.ndarray
-    y_fit: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    target_scale: float
-
-
-@dataclass(frozen=True)
 class _TrainJob:
     """One trial's training, run in a worker process (`_train`)."""
 
     values: dict[str, Any]
-    data: dict[str, _Split]  # by the trial's `scaling`
+    data: dict[str, ScaledSplit]  # by the trial's `scaling`
     task: str
     n_classes: int
     model_settings: ModelConfig
@@ -236,24 +258,37 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
                             target_scale=split.target_scale, **build)
         if job.load_weights:
             model.load_weights(job.load_weights)
-        callbacks = training_callbacks(job.model_settings, job.objective, "min" if job.negated else "max")
+        mode = "min" if job.negated else "max"
+        callbacks = training_callbacks(job.model_settings, job.objective, mode)
         if job.save_weights:
-            callbacks.append(SaveBestEpoch(kt.Objective(job.objective, "min" if job.negated else "max"),
-                                           job.save_weights))
+            callbacks.append(_SaveBestWeights(job.objective, mode, job.save_weights))
         history = fit_model(model, X_fit, y_fit, validation=(X_val, y_val), batch_size=fit["batch_size"],
                             epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks,
                             seed=job.seed + execution,
                             verbose=2 if job.verbose >= 2 else 0)
-        losses = history.history.get("loss", [])
-        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
-        if bad:
-            raise kt.errors.FailedTrialError(
-                f"training loss became {losses[bad[0]]} at epoch {job.initial_epoch + bad[0] + 1}")
+        problem = diverged(history.history.get("loss", []), job.initial_epoch)
+        if problem:
+            raise kt.errors.FailedTrialError(problem)
         histories.append({"epoch": [float(e) for e in history.epoch],
                           **{k: [float(v) for v in vs] for k, vs in history.history.items()}})
         del model
         keras.backend.clear_session()
     return histories
+
+
+class _SaveBestWeights(keras.callbacks.Callback):
+    """Saves the weights at the best epoch of `monitor`, for Hyperband to continue a trial from."""
+
+    def __init__(self, monitor: str, mode: str, path: str) -> None:
+        super().__init__()
+        self.monitor, self.sign, self.path = monitor, (1.0 if mode == "min" else -1.0), path
+        self.best = math.inf
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or self.sign * float(value) < self.best:
+            self.best = self.best if value is None else self.sign * float(value)
+            self.model.save_weights(self.path)
 
 
 class _MLPHyperModel(kt.HyperModel):
@@ -288,9 +323,9 @@ class _TrackingMixin:
         self.weights_dir = weights_dir
         weights_dir.mkdir(parents=True, exist_ok=True)
         self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
-        self._epochs: list[dict[str, float]] = []
+        self.pool = TrialPool()
+        self._histories: list[dict[str, list[float]]] = []
         self._started = 0.0
-        self._trained = 0
         self._asked = False
 
     def pre_create_trial(self) -> None:
@@ -321,7 +356,7 @@ class _TrackingMixin:
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)  # type: ignore[misc]
-        self._epochs, self._started, self._asked = [], time.time(), False
+        self._histories, self._started, self._asked = [], time.time(), False
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         # Report before KerasTuner saves the trial as ended: if the search stops in between, the
@@ -339,7 +374,7 @@ class _TrackingMixin:
 
     def train_fixed(self, trial_id: str, values: dict[str, Any]) -> FineTrial:
         """Train fixed hyperparameter values under the trials' protocol (data, callbacks, executions)."""
-        self._epochs, self._started = [], time.time()
+        self._histories, self._started = [], time.time()
         error = None
         try:
             self._in_worker(dataclasses.replace(self.job, values=values, epochs=int(values["epochs"])))
@@ -347,20 +382,19 @@ class _TrackingMixin:
             error = str(exc)
         return self._record(trial_id, values, {}, error)
 
+    def stop(self) -> None:
+        """End the trial worker process at once (a running trial with it)."""
+        self.pool.kill()
+
     def _in_worker(self, job: _TrainJob) -> list[dict[str, list[float]]]:
-        if self._trained and self._trained % _TRIALS_PER_WORKER == 0:
-            trial_worker().shutdown(wait=True)  # a fresh worker: see `_train`
-        self._trained += 1
-        histories = trial_worker().submit(_train, job).result()
-        for logs in histories:
-            for i, epoch in enumerate(logs["epoch"]):
-                self._epochs.append({"epoch": epoch, **{k: v[i] for k, v in logs.items() if k != "epoch"}})
+        histories = self.pool.run(job)
+        self._histories = histories
         return histories
 
     def _record(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any], error: str | None) -> FineTrial:
-        curves = _mean_by_epoch(self._epochs)
-        first_epoch = min((int(r["epoch"]) for r in self._epochs), default=0)
-        key = "val_" + self.scoring.keras_name
+        curves = mean_curves([{k: v for k, v in h.items() if k != "epoch"} for h in self._histories])
+        first_epoch = min((int(h["epoch"][0]) for h in self._histories if h["epoch"]), default=0)
+        key = self.scoring.val_key
         series = [v for v in curves.get(key, []) if math.isfinite(v)]
         best = (min(series) if self.scoring.negated else max(series)) if series else float("nan")
         score = self.scoring.to_score(best) if error is None else float("nan")
@@ -378,6 +412,7 @@ class _GridOracle(kt.oracles.GridSearchOracle):
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         if not self.start_order:
             return super().populate_space(trial_id)
+        # `_get_next_combination` is GridSearchOracle's own step through the grid; it has no public form.
         values = self._get_next_combination(self.trials[self.start_order[-1]].hyperparameters.values)
         if values is None:
             return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
@@ -402,15 +437,6 @@ def _history(logs: dict[str, list[float]]) -> keras.callbacks.History:
     history.epoch = [int(e) for e in logs["epoch"]]
     history.history = {k: v for k, v in logs.items() if k != "epoch"}
     return history
-
-
-def _mean_by_epoch(records: list[dict[str, float]]) -> dict[str, list[float]]:
-    """Per-epoch means over executions (each execution restarts its epoch count)."""
-    by_epoch: dict[int, list[dict[str, float]]] = {}
-    for record in records:
-        by_epoch.setdefault(int(record["epoch"]), []).append(record)
-    keys = sorted({k for r in records for k in r if k != "epoch"})
-    return {k: [float(np.mean([r[k] for r in by_epoch[e] if k in r])) for e in sorted(by_epoch)] for k in keys}
 
 
 def _last_line(message: str | None) -> str:

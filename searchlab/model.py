@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,24 @@ def split_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[
     build = {k: v for k, v in values.items() if k in BUILD_PARAMS}
     fit = {k: v for k, v in values.items() if k in FIT_PARAMS}
     return build, fit
+
+
+def diverged(losses: Sequence[float], first_epoch: int = 0) -> str | None:
+    """Why a fit whose per-epoch training losses are `losses` (from epoch `first_epoch`) failed, or None when
+    every loss is finite."""
+    bad = [i for i, v in enumerate(losses) if not np.isfinite(v)]
+    return f"training loss became {losses[bad[0]]} at epoch {first_epoch + bad[0] + 1}" if bad else None
+
+
+def mean_curves(histories: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Per-epoch means of several fits' curves (folds, or repeated executions), epoch by epoch from the first;
+    a fit that stopped early counts in the epochs it trained."""
+    curves: dict[str, list[float]] = {}
+    for key in sorted({key for history in histories for key in history}):
+        series = [history[key] for history in histories if key in history]
+        length = max(len(s) for s in series)
+        curves[key] = [float(np.mean([s[e] for s in series if e < len(s)])) for e in range(length)]
+    return curves
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

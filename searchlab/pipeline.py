@@ -1,4 +1,8 @@
-"""The search, stage by stage: data -> coarse -> narrow -> fine -> final, tracked in MLflow."""
+"""The search, stage by stage: data -> coarse -> narrow -> fine -> final, recorded in MLflow.
+
+A new search and a resumed one run the same code: `records.read_finished` tells which coarse candidates and
+fine trials an interrupted search had finished, and the stages replay those instead of training them.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,19 @@ import dataclasses
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from searchlab import records, registry
+from searchlab.callbacks import CallbackList, SearchCallback
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
-from searchlab.config import Config, config_from_yaml
+from searchlab.config import Config, TrackingConfig, config_from_yaml
+from searchlab.console import ProgressPrinter, format_duration, format_params, redact
+from searchlab.context import SearchContext
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
@@ -23,15 +31,15 @@ from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, run
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
-from searchlab.progress import StageProgress, format_duration, format_params
-from searchlab.resume import CANDIDATE_TAG, Progress, log_fine_trial, read_fine_trials, read_progress
-from searchlab.space import space_as_dict
-from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, redact
-from searchlab.worker import WorkerJob, serve
+from searchlab.records import Finished
+from searchlab.space import grid_size, space_as_dict
+from searchlab.tracking import Tracker, flatten
 
 
 @dataclass(frozen=True)
 class SearchResult:
+    """A finished search: every stage's result and where MLflow holds it."""
+
     run_id: str
     experiment_id: str
     tracking_uri: str
@@ -41,13 +49,18 @@ class SearchResult:
     fine_space: FineSpace
     fine: FineResult
     final: FinalResult
-    chosen_from: str
-    model_uri: str | None
     wall_time: float
+    model_uri: str | None = None
     registry: str | None = None
 
+    @property
+    def chosen_from(self) -> str:
+        """Which trial the final model's values come from."""
+        best = self.fine.best
+        return "the coarse winner" if best.trial_id == COARSE_WINNER else f"fine trial {best.trial_id}"
+
     def summary(self) -> str:
-        """Markdown summary: printed at the end and shown as the parent run's description."""
+        """Markdown summary: printed at the end and shown as the search run's description."""
         metric = self.scoring.display_name
         coarse_best, fine_best = self.coarse.best, self.fine.best
         lines = [
@@ -76,8 +89,12 @@ class SearchResult:
         return "\n".join(lines)
 
 
-def run(config: Config) -> SearchResult:
+def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[SearchCallback] = ()) -> SearchResult:
     """Run a whole search as configured (or resume `config.resume`) and record it in MLflow.
+
+    Args:
+        data: the data set, when the caller has loaded it already (as `load_dataset(config.dataset, config.seed)`).
+        callbacks: told of every finished trial and stage, after the console's progress lines (verbose >= 1).
 
     Raises:
         ConfigError, DataError: before any MLflow run is created; except a Dask scheduler that cannot be
@@ -86,49 +103,38 @@ def run(config: Config) -> SearchResult:
         SearchInterrupted: Ctrl-C or SIGTERM; every open run was ended KILLED.
     """
     started = time.time()
-    data = load_dataset(config.dataset, config.seed)
+    data = data if data is not None else load_dataset(config.dataset, config.seed)
     scoring = scoring_for(data.task, config.search.coarse.scoring)
     check_cv_feasible(data, config.search.coarse.cv)
-    space = config.coarse_space()
-    defaults = config.model.hyperparameters()
+    ctx = SearchContext(data, scoring, config.model, config.seed, config.verbose)
+    hooks = CallbackList([*([ProgressPrinter(scoring.display_name)] if config.verbose >= 1 else []), *callbacks])
     say = print if config.verbose >= 1 else (lambda *a, **k: None)
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    parent, finished = _open_search(tracker, config, data)
     if config.resume:
-        parent = tracker.find_search(config.resume)
-        tracker.reopen(parent)
-        done = read_progress(tracker, parent, space)
-        say(f"searchlab: resuming search {parent}: {len(done.coarse)} coarse candidates and "
-            f"{len(done.fine)} fine trials already done")
-    else:
-        parent = tracker.start_run(f"search {data.name}", {RUN_TAG: "search", "searchlab.dataset": data.name})
-        done = Progress()
+        say(f"searchlab: resuming search {parent}: {len(finished.coarse)} coarse candidates and "
+            f"{len(finished.fine)} fine trials already done")
     say(f"searchlab: {data.describe()}; scoring {scoring.name}")
-    workdir = tracker.work_dir(parent)
+    search = _OpenSearch(tracker, parent, finished, hooks)
     try:
-        if not config.resume:
-            resolved = dataclasses.asdict(config)
-            tracker.log(parent, params=flatten(resolved), tags={"searchlab.task": data.task})
-            tracker.log_text(parent, redact(OmegaConf.to_yaml(OmegaConf.create(resolved))), "config.yaml")
-
-        coarse = _coarse_stage(tracker, parent, data, config, scoring, defaults, done)
-        fine_space = narrow([(t.params, t.mean_score) for t in coarse.trials], space,
+        coarse = _coarse_stage(search, ctx, config)
+        fine_space = narrow([(t.params, t.mean_score) for t in coarse.trials], coarse.space,
                             config.search.fine.max_params, config.search.fine.top_fraction)
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
         say("\n" + fine_space.account() + "\n")
 
-        fine, fine_run_ids = _fine_stage(tracker, parent, data, config, scoring, defaults, coarse.best, fine_space,
-                                         workdir, done)
+        fine = _fine_stage(search, ctx, config, coarse.best, fine_space)
         best = fine.best
-        tracker.log(fine_run_ids[best.trial_id], tags={"searchlab.winner": "true"})
         epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"], scoring.val_key,
-                                                           scoring.direction)
+                                                     scoring.direction)
         say(f"final: refitting the best configuration on all training rows for {epochs} epochs")
-        final = refit_and_test(data, best.params, epochs, config.model, config.seed, config.verbose,
-                               replay_learning_rate(best.curves, best.first_epoch))
-        result = _finish(tracker, parent, config, data, scoring, coarse, fine_space, fine, final, started)
+        final = refit_and_test(ctx, best.params, epochs, replay_learning_rate(best.curves, best.first_epoch))
+        result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
+                              final, time.time() - started)
+        result = _record_result(tracker, config.tracking, result)
         tracker.end_run(parent)
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(_work_dir(tracker.uri, parent), ignore_errors=True)
         return result
     except KeyboardInterrupt:
         tracker.end_all("KILLED")
@@ -139,123 +145,116 @@ def run(config: Config) -> SearchResult:
 
 
 def resumed_config(config: Config) -> Config:
-    """The configuration the search named by `config.resume` started with (its `config.yaml`)."""
+    """The configuration the search named by `config.resume` started with (its `config.yaml`), with this
+    invocation's verbosity and tracking settings."""
     assert config.resume
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    run_id = tracker.find_search(config.resume)
+    run_id = records.find_search(tracker, config.resume)
     stored = config_from_yaml(tracker.read_text(run_id, "config.yaml"))
     return dataclasses.replace(stored, resume=run_id, verbose=config.verbose, tracking=config.tracking)
 
 
-def _finish(tracker: Tracker, parent: str, config: Config, data: Dataset, scoring: Scoring, coarse: CoarseResult,
-            fine_space: FineSpace, fine: FineResult, final: FinalResult, started: float) -> SearchResult:
-    """Log the final model, test metrics, registry decision and summary on the search run."""
-    best = fine.best
-    model_uri = tracker.log_model(parent, final.model, data.X_train[:5]) if config.tracking.log_model else None
-    tracker.log(
-        parent,
-        params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": final.epochs},
-        metrics={**{f"test_{k}": v for k, v in final.test_metrics.items()},
-                 **{f"baseline_test_{k}": v for k, v in final.baseline_metrics.items()},
-                 "coarse_best_score": coarse.best.mean_score, "fine_best_score": best.score,
-                 "wall_time_s": time.time() - started},
-    )
-    registry = None
-    if config.tracking.register_as and model_uri:
-        registry = tracker.register(model_uri, config.tracking.register_as, parent,
-                                    f"test_{scoring.display_name}", not scoring.negated)
-    chosen_from = "the coarse winner" if best.trial_id == COARSE_WINNER else f"fine trial {best.trial_id}"
-    result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
-                          final, chosen_from, model_uri, time.time() - started, registry)
-    tracker.log(parent, tags={"mlflow.note.content": result.summary()})
-    with tempfile.TemporaryDirectory() as out:
-        search_plots(Path(out), data, scoring, coarse, fine_space, fine, final)
-        tracker.log_artifacts(parent, Path(out), "plots")
-    return result
+def _open_search(tracker: Tracker, config: Config, data: Dataset) -> tuple[str, Finished]:
+    """The search run and what it has finished: a new run with its configuration logged, or the interrupted
+    run `config.resume` reopened with its finished trials read back."""
+    if config.resume:
+        parent = records.find_search(tracker, config.resume)
+        tracker.reopen(parent)
+        return parent, records.read_finished(tracker, parent, config.coarse_space())
+    parent = records.start_search(tracker, data.name)
+    resolved = dataclasses.asdict(config)
+    tracker.log(parent, params=flatten(resolved), tags={records.TASK_TAG: data.task})
+    tracker.log_text(parent, redact(OmegaConf.to_yaml(OmegaConf.create(resolved))), "config.yaml")
+    return parent, Finished()
 
 
-def _stage_run(tracker: Tracker, parent: str, stage: str, done: Progress) -> str:
-    if stage in done.stage_runs:
-        tracker.reopen(done.stage_runs[stage])
-        return done.stage_runs[stage]
-    return tracker.start_run(stage, {RUN_TAG: "stage", STAGE_TAG: stage}, parent=parent)
+def _work_dir(tracking_uri: str, run_id: str) -> Path:
+    """A folder that outlives an interrupted search (KerasTuner's state): beside a SQLite store, else in the
+    user's cache."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "tuner" / run_id
+    return Path.home() / ".cache" / "searchlab" / "tuner" / run_id
 
 
-def _coarse_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, scoring: Scoring,
-                  defaults: dict[str, Any], done: Progress) -> CoarseResult:
+@dataclass(frozen=True)
+class _OpenSearch:
+    """The search run being written, what it had finished, and who is told of its progress."""
+
+    tracker: Tracker
+    run_id: str
+    finished: Finished
+    hooks: SearchCallback
+
+
+def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config) -> CoarseResult:
+    tracker, finished, hooks = search.tracker, search.finished, search.hooks
     space = config.coarse_space()
-    stage_run = _stage_run(tracker, parent, "coarse", done)
+    settings = config.search.coarse
+    stage_run = records.open_stage(tracker, search.run_id, "coarse", finished)
     tracker.log_dict(stage_run, space_as_dict(space), "space.json")
-    progress = StageProgress("coarse", config.search.coarse.n_iter - len(done.coarse), scoring.display_name,
-                             config.verbose)
+    hooks.on_stage_begin("coarse", settings.n_iter - len(finished.coarse))
 
     def on_trial(trial: CoarseTrial) -> None:
-        metrics = {"cv_score_mean": trial.mean_score, "cv_score_std": trial.std_score,
-                   f"cv_{scoring.display_name}": scoring.to_metric(trial.mean_score),
-                   **{f"cv_score_fold_{k}": s for k, s in enumerate(trial.fold_scores)}}
-        tags = {RUN_TAG: "trial", STAGE_TAG: "coarse", CANDIDATE_TAG: str(trial.number)}
-        tracker.log_trial(stage_run, f"coarse-{trial.number:03d} {format_params(trial.params)}", tags,
-                          trial.params, metrics, trial.curves, trial.start_time, trial.end_time, trial.error)
-        progress.trial(scoring.to_metric(trial.mean_score), trial.params, scoring.negated, trial.error,
-                       label=f"#{trial.number:03d}")
+        records.log_coarse_trial(tracker, stage_run, trial, ctx.scoring)
+        hooks.on_trial_end(records.coarse_end(trial, ctx.scoring))
 
-    coarse = run_coarse(data, space, defaults, config.search.coarse, config.model, scoring, config.seed, on_trial,
-                        done.coarse, config.search.dask if config.search.backend == "dask" else None)
+    coarse = run_coarse(ctx, space, settings, on_trial=on_trial, finished=finished.coarse,
+                        dask=config.search.dask if config.search.backend == "dask" else None)
     if not coarse.completed:
         raise StageFailedError(f"all {len(coarse.trials)} coarse candidates failed; see the FAILED trial runs' "
-                               "searchlab.error tags. Narrow the ranges (e.g. lower learning_rate) and retry.")
-    _end_stage(tracker, stage_run, scoring, [(t.mean_score, t.start_time, t.end_time) for t in coarse.trials])
+                               f"{records.ERROR_TAG} tags. Narrow the ranges (e.g. lower learning_rate) and retry.")
+    _end_stage(tracker, stage_run, ctx.scoring, [(t.mean_score, t.start_time, t.end_time) for t in coarse.trials])
+    hooks.on_stage_end("coarse")
     return coarse
 
 
-def _fine_stage(tracker: Tracker, parent: str, data: Dataset, config: Config, scoring: Scoring,
-                defaults: dict[str, Any], coarse_best: CoarseTrial, fine_space: FineSpace,
-                workdir: Path, done: Progress) -> tuple[FineResult, dict[str, str]]:
+def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_best: CoarseTrial,
+                fine_space: FineSpace) -> FineResult:
+    """The fine stage, its trials recorded; tags the trial the final model is refit from."""
+    tracker, finished, hooks = search.tracker, search.finished, search.hooks
     settings = config.search.fine
-    stage_run = _stage_run(tracker, parent, "fine", done)
+    stage_run = records.open_stage(tracker, search.run_id, "fine", finished)
     tracker.log_dict(stage_run, {"tuned": space_as_dict(fine_space.tuned), "fixed": fine_space.fixed,
                                  "kind": settings.kind}, "space.json")
     total = None
-    if settings.kind == "grid":
-        total = 1
-        for param in fine_space.tuned.values():
-            total *= len(param.grid(settings.points))
-        total += 1  # the coarse winner
-    if settings.workers:  # the workers report their own trials; this process trains the coarse winner only
-        total = None
-    progress = StageProgress("fine", total and total - len(done.fine), scoring.display_name, config.verbose)
-    run_ids = {trial_id: run_id for trial_id, (_, run_id) in done.fine.items()}
+    if settings.kind == "grid" and not settings.workers:  # workers report their own trials
+        total = grid_size(fine_space.tuned, settings.points) + 1 - len(finished.fine)  # + the coarse winner
+    hooks.on_stage_begin("fine", total)
+    run_ids = dict(finished.fine_runs)
 
     def on_trial(trial: FineTrial) -> None:
-        label = COARSE_WINNER if trial.trial_id == COARSE_WINNER else f"fine-{trial.trial_id}"
         shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
-        run_ids[trial.trial_id] = log_fine_trial(tracker, stage_run, trial, scoring, shown)
-        progress.trial(scoring.to_metric(trial.score), shown, scoring.negated, trial.error, label=label)
+        run_ids[trial.trial_id] = records.log_fine_trial(tracker, stage_run, trial, ctx.scoring, shown)
+        hooks.on_trial_end(records.fine_end(trial, ctx.scoring, shown))
 
-    def distribute(search: FineSearch, oracle: Any) -> dict[str, FineTrial]:
-        """Serve the oracle to the KerasTuner workers, which log the trials; read those back."""
-        serve(WorkerJob(search, tracker.uri, tracker.experiment, stage_run, settings.oracle), oracle,
-              settings.workers, settings.start_workers, config.verbose)
-        recorded = read_fine_trials(tracker, stage_run)
+    def distribute(fine_search: FineSearch, oracle: object) -> dict[str, FineTrial]:
+        """Serve the oracle to the KerasTuner workers, which record the trials; read those back."""
+        from searchlab.infra.tuner_workers import WorkerJob, serve  # gRPC: only for a distributed fine stage
+
+        serve(WorkerJob(fine_search, tracker.uri, tracker.experiment, stage_run, settings.oracle), oracle,
+              settings.workers, settings.start_workers, ctx.verbose)
+        recorded = records.read_fine_trials(tracker, stage_run)
         run_ids.update({trial_id: run_id for trial_id, (_, run_id) in recorded.items()})
         return {trial_id: trial for trial_id, (trial, _) in recorded.items()}
 
-    fine = run_fine(data, fine_space, defaults, coarse_best.params, settings, config.model, scoring, config.seed,
-                    workdir, config.verbose, on_trial, {trial_id: trial for trial_id, (trial, _) in done.fine.items()},
-                    distribute if settings.workers else None)
+    fine = run_fine(ctx, fine_space, coarse_best.params, settings, workdir=_work_dir(tracker.uri, search.run_id),
+                    on_trial=on_trial,
+                    finished=finished.fine, distribute=distribute if settings.workers else None)
     all_trials = (*fine.trials, fine.coarse_winner)
     if not any(t.ok for t in all_trials):
         raise StageFailedError(f"all {len(all_trials)} fine trials failed; see the FAILED trial runs' "
-                               "searchlab.error tags.")
-    _end_stage(tracker, stage_run, scoring, [(t.score if t.ok else float("nan"), t.start_time, t.end_time)
-                                             for t in all_trials])
-    return fine, run_ids
+                               f"{records.ERROR_TAG} tags.")
+    records.mark_winner(tracker, run_ids[fine.best.trial_id])
+    _end_stage(tracker, stage_run, ctx.scoring, [(t.score if t.ok else float("nan"), t.start_time, t.end_time)
+                                                 for t in all_trials])
+    hooks.on_stage_end("fine")
+    return fine
 
 
 def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, trials: list[tuple[float, float, float]]) -> None:
     """Log a stage's best score, counts and best-so-far plot (`trials`: score, start, end), and end it (with
     any trial run a killed writer left half-written)."""
-    tracker.delete_partial_trials(run_id)
+    tracker.delete_partial_runs(run_id)
     trials = sorted(trials, key=lambda t: t[2])
     scores = [score for score, _, _ in trials]
     best = max(s for s in scores if np.isfinite(s))
@@ -266,3 +265,28 @@ def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, trials: list[tup
         stage_plot(Path(out), scoring, scores, [end for _, _, end in trials], min(start for _, start, _ in trials))
         tracker.log_artifacts(run_id, Path(out), "plots")
     tracker.end_run(run_id)
+
+
+def _record_result(tracker: Tracker, settings: TrackingConfig, result: SearchResult) -> SearchResult:
+    """Log the final model, test metrics, registry decision, summary and plots on the search run."""
+    parent, final, scoring = result.run_id, result.final, result.scoring
+    model_uri = registry.log_model(tracker, parent, final.model, result.data.X_train[:5]) if settings.log_model \
+        else None
+    tracker.log(
+        parent,
+        params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": final.epochs},
+        metrics={**{f"test_{k}": v for k, v in final.test_metrics.items()},
+                 **{f"baseline_test_{k}": v for k, v in final.baseline_metrics.items()},
+                 "coarse_best_score": result.coarse.best.mean_score, "fine_best_score": result.fine.best.score,
+                 "wall_time_s": result.wall_time},
+    )
+    decision = None
+    if settings.register_as and model_uri:
+        decision = registry.register(tracker, model_uri, settings.register_as, parent,
+                                     f"test_{scoring.display_name}", not scoring.negated)
+    result = dataclasses.replace(result, model_uri=model_uri, registry=decision)
+    tracker.set_description(parent, result.summary())
+    with tempfile.TemporaryDirectory() as out:
+        search_plots(Path(out), result.data, scoring, result.coarse, result.fine_space, result.fine, final)
+        tracker.log_artifacts(parent, Path(out), "plots")
+    return result

@@ -148,6 +148,11 @@ class Param:
 Space = Mapping[str, Param]
 
 
+def grid_size(space: Space, points: int) -> int:
+    """Points of the grid over `space` with `points` values per numeric range (`Param.grid`)."""
+    return math.prod(len(param.grid(points)) for param in space.values())
+
+
 def space_as_dict(space: Space) -> dict[str, dict[str, Any]]:
     """A plain, YAML-friendly view of a space."""
     return {name: param.as_dict() for name, param in space.items()}

@@ -1,15 +1,8 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow plumbing: a store, its runs, and batched writes and reads. What the runs mean (tags, the run
+tree of a search) is `searchlab.records`'; logging and registering the model is `searchlab.registry`'.
 
-Run tree of one search (tags in brackets):
-
-    search            [searchlab.run=search]   config, chosen params, test metrics, best_model
-      coarse          [searchlab.run=stage, searchlab.stage=coarse]
-        coarse-000 .. [searchlab.run=trial, searchlab.stage=coarse]
-      fine            [searchlab.run=stage, searchlab.stage=fine]
-        fine-000 ..   [searchlab.run=trial, searchlab.stage=fine]
-
-Everything goes through `MlflowClient` with explicit run ids (no global active run),
-and each trial is written in one `log_batch` call: per-call logging costs ~10 ms.
+Everything goes through `MlflowClient` with explicit run ids: no global tracking URI, no fluent active run.
+A finished child run is written in one `log_batch` call: per-call logging costs ~10 ms on SQLite.
 """
 
 from __future__ import annotations
@@ -33,23 +26,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
-from searchlab.config import PROJECT_ROOT
+from searchlab.console import redact
 from searchlab.errors import ConfigError
 
-RUN_TAG = "searchlab.run"
-STAGE_TAG = "searchlab.stage"
 _MAX_PARAMS = 100  # log_batch's limit on params per call (metrics allow 1000)
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 def default_tracking_uri() -> str:
-    """SQLite inside the project's `mlruns/`, absolute, wherever the user runs from."""
-    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
-
-
-def redact(text: str) -> str:
-    """Hide `user:password@` in URIs."""
-    return _CREDENTIALS.sub("***@", text)
+    """SQLite in `./mlruns` of the directory searchlab runs in, as an absolute URI."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlruns' / 'mlflow.db'}"
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -124,7 +109,7 @@ def interrupts_held() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class StoredRun:
-    """A run read back from the store (to resume a search)."""
+    """A run read back from the store."""
 
     run_id: str
     status: str
@@ -138,10 +123,13 @@ class StoredRun:
 
 
 class Tracker:
-    """Writes a search's run tree to one MLflow experiment."""
+    """One experiment of one MLflow store: creates, ends, writes and reads back its runs.
+
+    Runs this process opens stay in `open_runs` until ended, so that an interrupted search can end them all.
+    """
 
     def __init__(self, uri: str | None, experiment: str) -> None:
-        """Open (or create) `experiment` in the store at `uri` (None: the project's SQLite store).
+        """Open (or create) `experiment` in the store at `uri` (None: `default_tracking_uri()`).
 
         Raises:
             ConfigError: `uri` is an HTTP(S) address where no server answers.
@@ -160,20 +148,20 @@ class Tracker:
                 self.experiment_id = found.experiment_id
         self.open_runs: list[str] = []
 
-    # -- runs -------------------------------------------------------------------------------
+    # -- run lifecycle ----------------------------------------------------------------------
 
-    def start_run(self, name: str, tags: Mapping[str, str], parent: str | None = None,
-                  description: str | None = None) -> str:
-        """Create a RUNNING run; it stays in `open_runs` until ended."""
-        all_tags = dict(tags)
-        if parent:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent
-        if description:
-            all_tags[MLFLOW_RUN_NOTE] = description
+    def start_run(self, name: str, tags: Mapping[str, str], parent: str | None = None) -> str:
+        """Create a RUNNING run (under `parent`, if given); it stays in `open_runs` until ended."""
+        all_tags = {**tags, **({MLFLOW_PARENT_RUN_ID: parent} if parent else {})}
         with interrupts_held():
             run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
             self.open_runs.append(run.info.run_id)
         return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an interrupted run RUNNING again; it is tracked in `open_runs`."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.open_runs.append(run_id)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         with interrupts_held():
@@ -186,48 +174,35 @@ class Tracker:
         for run_id in reversed(list(self.open_runs)):
             self.end_run(run_id, status)
 
-    def log_trial(
-        self,
-        parent: str,
-        name: str,
-        tags: Mapping[str, str],
-        params: Mapping[str, Any],
-        metrics: Mapping[str, float],
-        curves: Mapping[str, list[float]],
-        start_time: float,
-        end_time: float,
-        error: str | None = None,
-        first_step: int = 0,
-    ) -> str:
-        """Write one finished trial as a complete run in a single batch, Ctrl-C held until it is written.
+    def log_finished_run(self, parent: str, name: str, *, tags: Mapping[str, str], params: Mapping[str, Any],
+                         metrics: Mapping[str, float], curves: Mapping[str, list[float]], start_time: float,
+                         end_time: float, failed: bool = False, first_step: int = 0) -> str:
+        """Write a finished child run of `parent` whole, in a single batch, with Ctrl-C held until it is written.
 
-        If the write fails halfway, the partial run is deleted; a writer killed outright (SIGKILL) leaves
-        it RUNNING, and its stage deletes it when it ends (`delete_partial_trials`). Either way a resumed
-        search trains the trial again instead of reading back half of it.
+        `curves` are per-step series starting at step `first_step`. If the write fails halfway, the partial
+        run is deleted; a writer killed outright (SIGKILL) leaves it RUNNING, and its parent deletes it when
+        it ends (`delete_partial_runs`). Either way nothing half-written is read back as finished.
         """
-        all_tags = {**tags, MLFLOW_PARENT_RUN_ID: parent}
-        if error:
-            all_tags["searchlab.error"] = error[:5000]
         stamp = _ms(end_time)
         entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if _finite(v)]
         for key, values in curves.items():
             entries += [Metric(key, float(v), stamp, first_step + i) for i, v in enumerate(values) if _finite(v)]
         with interrupts_held():
-            run = self.client.create_run(self.experiment_id, start_time=_ms(start_time), tags=all_tags,
-                                         run_name=name)
+            run = self.client.create_run(self.experiment_id, start_time=_ms(start_time), run_name=name,
+                                         tags={**tags, MLFLOW_PARENT_RUN_ID: parent})
             run_id = run.info.run_id
             try:
                 self.log(run_id, params=params, metrics=entries)
-                self.client.set_terminated(run_id, status="FAILED" if error else "FINISHED", end_time=stamp)
+                self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=stamp)
             except Exception:
                 self.client.set_terminated(run_id, status="KILLED")
                 self.client.delete_run(run_id)
                 raise
         return run_id
 
-    def delete_partial_trials(self, parent: str) -> int:
-        """Delete the runs under `parent` still RUNNING that this process does not hold open: trials whose writer
-        was killed halfway. Call it once nothing else writes under `parent` (its stage is ending)."""
+    def delete_partial_runs(self, parent: str) -> int:
+        """Delete the runs under `parent` still RUNNING that this process does not hold open: runs whose writer
+        was killed halfway. Call it once nothing else writes under `parent`."""
         partial = [run.info.run_id for run in self.client.search_runs(
             [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'RUNNING'",
             max_results=50000) if run.info.run_id not in self.open_runs]
@@ -236,36 +211,24 @@ class Tracker:
             self.client.delete_run(run_id)
         return len(partial)
 
-    # -- reading back, to resume ----------------------------------------------------------
+    # -- reading back ------------------------------------------------------------------------
 
-    def find_search(self, which: str) -> str:
-        """The run id of the search to resume: `last` (newest unfinished search) or a run id.
+    def get(self, run_id: str) -> StoredRun | None:
+        """The run `run_id` (without curves), or None when the store has no such run in this experiment."""
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id:
+            return None
+        return _stored(run, {}, 0)
 
-        Raises:
-            ConfigError: no such search, or it already finished.
-        """
-        if which == "last":
-            runs = self.client.search_runs([self.experiment_id], f"tags.`{RUN_TAG}` = 'search'",
-                                           order_by=["attributes.start_time DESC"], max_results=1)
-            if not runs:
-                raise ConfigError(f"resume=last: experiment {self.experiment!r} has no search to resume.")
-            run = runs[0]
-        else:
-            try:
-                run = self.client.get_run(which)
-            except mlflow.exceptions.MlflowException:
-                raise ConfigError(f"resume={which!r} is not a run in {redact(self.uri)}.") from None
-            if run.data.tags.get(RUN_TAG) != "search" or run.info.experiment_id != self.experiment_id:
-                raise ConfigError(f"resume={which!r} is not a searchlab search run of experiment "
-                                  f"{self.experiment!r}.")
-        if run.info.status == "FINISHED":
-            raise ConfigError(f"resume: search {run.info.run_id} already finished; nothing to resume.")
-        return str(run.info.run_id)
-
-    def reopen(self, run_id: str) -> None:
-        """Mark an interrupted run RUNNING again; it is tracked in `open_runs`."""
-        self.client.update_run(run_id, status="RUNNING")
-        self.open_runs.append(run_id)
+    def newest(self, tags: Mapping[str, str]) -> StoredRun | None:
+        """The most recently started run carrying every one of `tags`, or None."""
+        query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+        runs = self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return _stored(runs[0], {}, 0) if runs else None
 
     def children(self, parent: str) -> list[StoredRun]:
         """Every run directly under `parent`, with its curves, oldest first."""
@@ -279,20 +242,13 @@ class Tracker:
                 if len(history) > 1 or (history and history[0].step > 0):
                     curves[key] = [m.value for m in history]
                     first_step = history[0].step
-            stored.append(StoredRun(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params),
-                                    dict(run.data.metrics), curves, first_step,
-                                    (run.info.start_time or 0) / 1000, (run.info.end_time or 0) / 1000))
+            stored.append(_stored(run, curves, first_step))
         return stored
 
     def read_text(self, run_id: str, path: str) -> str:
+        """The text artifact `path` of run `run_id`."""
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=self.uri)
         return Path(local).read_text()
-
-    def work_dir(self, run_id: str) -> Path:
-        """A folder that outlives an interrupted search (KerasTuner's state), beside a SQLite store."""
-        if self.uri.startswith("sqlite:///"):
-            return Path(self.uri.removeprefix("sqlite:///")).parent / "tuner" / run_id
-        return Path.home() / ".cache" / "searchlab" / "tuner" / run_id
 
     # -- values -----------------------------------------------------------------------------
 
@@ -312,6 +268,10 @@ class Tracker:
         if not metric_chunks and not param_chunks and tag_list:
             self.client.log_batch(run_id, tags=tag_list)
 
+    def set_description(self, run_id: str, text: str) -> None:
+        """The run's description in the MLflow UI (Markdown)."""
+        self.log(run_id, tags={MLFLOW_RUN_NOTE: text})
+
     def log_artifacts(self, run_id: str, local_dir: Path, path: str) -> None:
         self.client.log_artifacts(run_id, str(local_dir), path)
 
@@ -321,64 +281,11 @@ class Tracker:
     def log_dict(self, run_id: str, data: Any, path: str) -> None:
         self.client.log_dict(run_id, data, path)
 
-    def log_model(self, run_id: str, model: Any, example: np.ndarray) -> str:
-        """Log a Keras model as `best_model` (Keras flavor, with signature); returns its model URI.
 
-        The input example goes beside it as an artifact: MLflow 3.17's Keras flavor fails when
-        given `input_example` (COMPAT.md; `tests/test_tracking.py` notices when that is fixed).
-        The pip requirements are given, not inferred: MLflow's inference loads the model in a subprocess
-        that imports TensorFlow (3.5-4.6 s of a ~5 s model log here) to find the same four packages.
-        """
-        from mlflow.models import infer_signature
-
-        example = example.astype("float32")
-        signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id, nested=True) as active:
-            info = mlflow.keras.log_model(model, name="best_model", signature=signature,
-                                          pip_requirements=_model_requirements())
-            self.client.log_dict(active.info.run_id, {"inputs": example.tolist()},
-                                 "best_model_input_example.json")
-        # `start_run` as a context manager ends the run; the search ends it itself.
-        self.client.update_run(run_id, status="RUNNING")
-        return str(info.model_uri)
-
-    def register(self, model_uri: str, name: str, run_id: str, metric: str, higher_is_better: bool) -> str:
-        """Register `model_uri` as a new version of `name`; move alias `champion` to it only if its
-        `metric` (a parent-run metric such as test_accuracy) beats the current champion's.
-
-        Returns a sentence saying what happened.
-        """
-        version = mlflow.register_model(model_uri, name, tags={"searchlab.run_id": run_id}).version
-        new = self.client.get_run(run_id).data.metrics.get(metric)
-        try:
-            champion = self.client.get_model_version_by_alias(name, "champion")
-        except mlflow.exceptions.MlflowException:
-            champion = None
-        old = None
-        if champion is not None and champion.run_id:
-            old = self.client.get_run(champion.run_id).data.metrics.get(metric)
-        if champion is None or old is None or (new is not None and (new > old if higher_is_better else new < old)):
-            self.client.set_registered_model_alias(name, "champion", version)
-            before = "" if champion is None else f" (was version {champion.version}, {metric} {old})"
-            return f"registered {name} version {version}; it is now the champion{before}"
-        return (f"registered {name} version {version} ({metric} {new:.4g}); the champion stays version "
-                f"{champion.version} ({metric} {old:.4g})")
-
-
-
-def _model_requirements() -> list[str]:
-    """What a logged model needs, pinned to the versions that trained it (MLflow adds itself)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    backends = []
-    for name in ("tensorflow-cpu", "tensorflow"):  # whichever distribution provides TensorFlow here
-        try:
-            backends.append(f"{name}=={version(name)}")
-            break
-        except PackageNotFoundError:
-            continue
-    return [f"keras=={version('keras')}", f"numpy=={version('numpy')}", *backends]
+def _stored(run: Any, curves: dict[str, list[float]], first_step: int) -> StoredRun:
+    return StoredRun(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params),
+                     dict(run.data.metrics), curves, first_step,
+                     (run.info.start_time or 0) / 1000, (run.info.end_time or 0) / 1000)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

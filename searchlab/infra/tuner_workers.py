@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from searchlab.console import silence_native_stderr
 from searchlab.errors import ConfigError, SearchlabError
+from searchlab.infra.processes import end_group, tf_thread_env, threads_per_worker
 
 if TYPE_CHECKING:
     from searchlab.fine import FineSearch, FineTrial
@@ -61,14 +63,14 @@ def serve(job: WorkerJob, oracle: Any, workers: int, start_workers: bool, verbos
         ConfigError: the oracle's address cannot be listened on.
         SearchlabError: a started worker kept dying, or every one exited with trials left.
     """
-    from keras_tuner.src.distribute import oracle_chief
+    from keras_tuner.src.distribute import oracle_chief  # KerasTuner's chief servicer: no public API serves it
 
     oracle.verbose = 0  # KerasTuner's own per-trial display
     path = job.search.workdir / JOB_FILE
     server, servicer = _listen(oracle, job.oracle)
     started: dict[str, subprocess.Popen[bytes]] = {}
     restarts = dict.fromkeys((f"tuner{k}" for k in range(workers)), 0)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker(workers)
     try:
         _write(path, job)
         for tuner_id in restarts if start_workers else ():
@@ -110,9 +112,8 @@ def work(directory: Path, tuner_id: str, oracle: str | None = None, threads: int
         oracle: host:port of the chief's oracle; default: the one in the job (`search.fine.oracle`).
         threads: TensorFlow's threads for training; default: every core.
     """
-    from searchlab.fine import stop_training
-    from searchlab.progress import StageProgress
-    from searchlab.resume import log_fine_trial, read_fine_trials
+    from searchlab.console import ProgressPrinter
+    from searchlab.records import fine_end, log_fine_trial, read_fine_trials
     from searchlab.tracking import Tracker
 
     path = _find_job(directory)
@@ -121,26 +122,25 @@ def work(directory: Path, tuner_id: str, oracle: str | None = None, threads: int
     # KerasTuner reads these when the tuner is built and when it searches.
     os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
     if threads:  # read by the training process when it starts
-        os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1",
-                          OMP_NUM_THREADS=str(threads))
+        os.environ.update(tf_thread_env(threads))
     search = dataclasses.replace(job.search, workdir=path.parent)  # the shared directory as this machine sees it
     scoring = search.scoring
     tracker = Tracker(job.tracking_uri, job.experiment)
-    progress = StageProgress(f"fine {tuner_id}", None, scoring.display_name, search.job.verbose)
+    progress = ProgressPrinter(scoring.display_name, stage_label=f"fine {tuner_id}")
 
     def on_trial(trial: FineTrial) -> None:
         log_fine_trial(tracker, job.stage_run, trial, scoring, trial.tuned, worker=tuner_id)
-        progress.trial(scoring.to_metric(trial.score), trial.tuned, scoring.negated, trial.error,
-                       label=f"fine-{trial.trial_id}")
+        if search.job.verbose >= 1:
+            progress.on_trial_end(fine_end(trial, scoring, trial.tuned))
 
     # Trials already recorded (a resumed search, or a restarted worker's) are replayed, not logged twice.
     done = {trial_id: trial for trial_id, (trial, _) in read_fine_trials(tracker, job.stage_run).items()}
     tuner = search.tuner(on_trial, done, overwrite=False)
-    threading.Thread(target=_exit_with_chief, args=(path,), daemon=True).start()
+    threading.Thread(target=_exit_with_chief, args=(path, tuner), daemon=True).start()
     try:
         tuner.search(verbose=0)
     finally:
-        stop_training()
+        tuner.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if "chief" in args.id:
         parser.error("--id must not contain 'chief': KerasTuner reserves it for the oracle's process")
-    from searchlab.cli import _silence_native_stderr
-
-    _silence_native_stderr()  # Python's own errors still reach the terminal
+    silence_native_stderr()  # Python's own errors still reach the terminal
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # runs the cleanup in `work`
     try:
         work(args.dir, args.id, args.oracle, args.threads)
@@ -172,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _listen(oracle: Any, address: str) -> tuple[grpc.Server, Any]:
     """Serve `oracle` with KerasTuner's gRPC servicer at `address`."""
+    # KerasTuner's gRPC service definition and servicer: no public API serves an oracle.
     from keras_tuner.src import protos
     from keras_tuner.src.distribute import oracle_chief
 
@@ -197,21 +196,13 @@ def _write(path: Path, job: WorkerJob) -> None:
 
 def _start(directory: Path, tuner_id: str, threads: int) -> subprocess.Popen[bytes]:
     # Its own process group: `_stop` ends the worker together with its training process.
-    return subprocess.Popen([sys.executable, "-m", "searchlab.worker", "--dir", str(directory), "--id", tuner_id,
-                             "--threads", str(threads)], start_new_session=True, stderr=sys.stderr)
+    return subprocess.Popen([sys.executable, "-m", "searchlab.infra.tuner_workers", "--dir", str(directory),
+                             "--id", tuner_id, "--threads", str(threads)], start_new_session=True, stderr=sys.stderr)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """End a started worker's process group: the worker and its training process."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+    end_group(proc)
 
 
 def _find_job(directory: Path) -> Path:
@@ -232,14 +223,12 @@ def _find_job(directory: Path) -> Path:
         time.sleep(1)
 
 
-def _exit_with_chief(job_path: Path) -> None:
+def _exit_with_chief(job_path: Path, tuner: Any) -> None:
     """Exit once the chief has removed its job: it has stopped serving, and a worker still waiting
     for its oracle would wait an hour (KerasTuner's gRPC timeout)."""
-    from searchlab.fine import stop_training
-
     while job_path.exists():
         time.sleep(2)
-    stop_training()
+    tuner.stop()
     os._exit(0)
 
 

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from searchlab.tracking import default_tracking_uri, redact
+from searchlab.console import redact
+from searchlab.tracking import default_tracking_uri
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -14,22 +15,9 @@ def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
 
 
-def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
-    """Where the UI shows a run."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """How to open a run: on the tracking server itself, or with `make ui` for a local store."""
-    if tracking_uri.startswith(("http://", "https://")):
-        base = redact(tracking_uri).rstrip("/")
-        return f"open {base}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run `make ui`, then open {run_url(experiment_id, run_id)}"
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m searchlab.ui", description=__doc__)
-    parser.add_argument("--uri", default=default_tracking_uri(), help="tracking URI (default: the project's mlruns/)")
+    parser = argparse.ArgumentParser(prog="python -m searchlab.infra.ui", description=__doc__)
+    parser.add_argument("--uri", default=default_tracking_uri(), help="tracking URI (default: ./mlruns)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address; only change it on a trusted network")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ scheduler of a dask-jobqueue / dask-kubernetes cluster) or a local cluster of si
 processes started here and closed afterwards. While `dask_backend` is open, joblib's Dask backend
 carries scikit-learn's cross-validation fits to the workers.
 
-The fits leave their training curves in a directory of this machine (see `coarse._HistoryScorer`),
+The fits leave their training curves in a directory of this machine (see `searchlab.coarse`),
 so workers on other machines must see it at the same path: point TMPDIR at a shared filesystem.
 """
 
@@ -20,18 +20,14 @@ from typing import Any
 import joblib
 from distributed import Client, LocalCluster
 from distributed.comm.addressing import resolve_address
-from joblib._dask import DaskDistributedBackend
+from joblib._dask import DaskDistributedBackend  # joblib's "dask" backend class: subclassed, joblib has no public one
 
 from searchlab.config import DaskConfig
 from searchlab.errors import ConfigError
+from searchlab.infra.processes import tf_thread_env, threads_per_worker
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach the scheduler at search.dask.address
 WORKER_TIMEOUT = 60.0  # seconds to wait for a first worker (an adaptive cluster starts them on demand)
-
-
-def tf_thread_env(threads: int) -> dict[str, str]:
-    """Environment variables that size TensorFlow's thread pools (read when it starts) to `threads` cores."""
-    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": str(threads)}
 
 
 @contextmanager
@@ -58,7 +54,7 @@ def dask_backend(settings: DaskConfig, shared_dir: str) -> Iterator[int]:
 
 
 def _local_cluster(n_workers: int) -> LocalCluster:
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    threads = threads_per_worker(n_workers)
     # No dashboard, and the scheduler's HTTP endpoints on a free port rather than 8787, which may be taken.
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
                         dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from searchlab.config import PROJECT_ROOT
 from searchlab.errors import SearchlabError
+from searchlab.infra.processes import end_group
 
-SERVER_DIR = PROJECT_ROOT / "mlruns" / "server"
+SERVER_DIR = Path("mlruns") / "server"  # of the directory the server starts in, as the default local store
 DATABASE = "mlflow"
 _Output = int | IO[Any] | None
 
@@ -141,7 +141,7 @@ def serving(command: list[str], url: str, timeout: float = 120, output: _Output 
             time.sleep(1)
         yield process
     finally:
-        _end_group(process)
+        end_group(process, grace=30.0)
 
 
 def _healthy(url: str) -> bool:
@@ -150,19 +150,6 @@ def _healthy(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def _end_group(process: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextmanager
@@ -179,13 +166,13 @@ def tracking_server(pg_data: Path, artifacts: Path, host: str = "127.0.0.1", por
 
 def main(argv: list[str] | None = None) -> None:
     """`make server`: run until Ctrl-C; exit code 1 when either server fails."""
-    parser = argparse.ArgumentParser(prog="python -m searchlab.server", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m searchlab.infra.tracking_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="bind address; only change it on a trusted network")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default: 2)")
     parser.add_argument("--dir", type=Path, default=SERVER_DIR,
-                        help="holds postgres/ and artifacts/ (default: the project's mlruns/server)")
+                        help="holds postgres/ and artifacts/ (default: mlruns/server here)")
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM stop both servers cleanly, even when started with SIGINT ignored (`cmd &`).
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,105 @@
+"""The searched model in MLflow: logged beside its search run, registered, and promoted by a pure rule.
+
+Models are written through the tracker's `MlflowClient` (a logged model, its files, its link to the run):
+MLflow's `log_model` helpers would read the global tracking URI and the fluent active run instead.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+from searchlab.tracking import Tracker
+
+MODEL_NAME = "best_model"
+CHAMPION = "champion"  # the registry alias of the best version so far
+INPUT_EXAMPLE = "best_model_input_example.json"
+
+
+def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) -> str:
+    """Log a Keras model as `best_model` of run `run_id` (Keras flavor, with signature); returns its model URI
+    (`models:/<id>`).
+
+    The input example goes beside it as a run artifact: MLflow 3.17's Keras flavor fails when `save_model` is
+    given `input_example` (it writes the example before it creates the model folder). The pip requirements
+    are given, not inferred: MLflow's inference loads the model in a subprocess that imports TensorFlow
+    (3.5-4.6 s of a ~5 s model log here) to find the same packages.
+    """
+    import mlflow.keras
+
+    client = tracker.client
+    example = example.astype("float32")
+    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    logged = client.create_logged_model(tracker.experiment_id, name=MODEL_NAME, source_run_id=run_id)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / MODEL_NAME
+            mlflow.keras.save_model(model, str(path), signature=signature, pip_requirements=_requirements())
+            client.log_model_artifacts(logged.model_id, str(path))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    client.log_dict(run_id, {"inputs": example.tolist()}, INPUT_EXAMPLE)
+    return f"models:/{logged.model_id}"
+
+
+def should_promote(new: float | None, champion: float | None, higher_is_better: bool) -> bool:
+    """Whether a new version with score `new` takes the champion alias from one with score `champion`.
+
+    Promotes when there is no champion score to beat, and otherwise only on a strictly better score; a new
+    version without a score never displaces a champion that has one.
+    """
+    if champion is None:
+        return True
+    if new is None:
+        return False
+    return new > champion if higher_is_better else new < champion
+
+
+def register(tracker: Tracker, model_uri: str, name: str, run_id: str, metric: str, higher_is_better: bool) -> str:
+    """Register `model_uri` as a new version of `name`; move alias `champion` to it when `should_promote` says so
+    on `metric` (a search-run metric such as test_accuracy). Returns a sentence saying what happened."""
+    client = tracker.client
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    version_ = client.create_model_version(name, model_uri, run_id=run_id, tags={"searchlab.run_id": run_id},
+                                           model_id=model_id).version
+    new = client.get_run(run_id).data.metrics.get(metric)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    old = client.get_run(champion.run_id).data.metrics.get(metric) if champion and champion.run_id else None
+    if champion is None or should_promote(new, old, higher_is_better):
+        client.set_registered_model_alias(name, CHAMPION, version_)
+        before = "" if champion is None else f" (was version {champion.version}, {metric} {old})"
+        return f"registered {name} version {version_}; it is now the {CHAMPION}{before}"
+    shown = "none" if new is None else f"{new:.4g}"
+    return (f"registered {name} version {version_} ({metric} {shown}); the {CHAMPION} stays version "
+            f"{champion.version} ({metric} {old:.4g})")
+
+
+def _requirements() -> list[str]:
+    """What a logged model needs, pinned to the versions that trained it (MLflow adds itself)."""
+    backends = []
+    for name in ("tensorflow-cpu", "tensorflow"):  # whichever distribution provides TensorFlow here
+        try:
+            backends.append(f"{name}=={version(name)}")
+            break
+        except PackageNotFoundError:
+            continue
+    return [f"keras=={version('keras')}", f"numpy=={version('numpy')}", *backends]
