@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import keras_tuner as kt
@@ -39,6 +39,7 @@ from searchlab.model import (
 from searchlab.narrow import FineSpace
 
 COARSE_WINNER = "coarse-winner"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -170,15 +171,15 @@ class TrialPool:
         self.trained = 0
         self._executor: ProcessPoolExecutor | None = None
 
-    def run(self, job: _TrainJob) -> list[dict[str, list[float]]]:
-        """Train `job` in the worker; raises what training raised (e.g. `FailedTrialError`)."""
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` in the worker process (a trial: `fn` trains); raises what it raised."""
         if self._executor is not None and self.trained and self.trained % self.recycle_every == 0:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._executor is None:
             self._executor = ProcessPoolExecutor(max_workers=1)
         self.trained += 1
-        return self._executor.submit(_train, job).result()
+        return self._executor.submit(fn, *args).result()
 
     def kill(self) -> None:
         """End the worker at once, a running trial with it (at the end of a stage, on Ctrl-C or an error)."""
@@ -387,7 +388,7 @@ class _TrackingMixin:
         self.pool.kill()
 
     def _in_worker(self, job: _TrainJob) -> list[dict[str, list[float]]]:
-        histories = self.pool.run(job)
+        histories = self.pool.run(_train, job)
         self._histories = histories
         return histories
 

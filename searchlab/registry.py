@@ -76,7 +76,10 @@ def register(tracker: Tracker, model_uri: str, name: str, run_id: str, metric: s
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     model_id = model_uri.removeprefix("models:/")
-    version_ = client.create_model_version(name, model_uri, run_id=run_id, tags={"searchlab.run_id": run_id},
+    # The logged model's own location, not its `models:/` URI: MLflow's SQL registry would resolve that URI
+    # through the global tracking URI, not this store.
+    location = client.get_logged_model(model_id).artifact_location
+    version_ = client.create_model_version(name, location, run_id=run_id, tags={"searchlab.run_id": run_id},
                                            model_id=model_id).version
     new = client.get_run(run_id).data.metrics.get(metric)
     try:
@@ -84,7 +87,7 @@ def register(tracker: Tracker, model_uri: str, name: str, run_id: str, metric: s
     except MlflowException:
         champion = None
     old = client.get_run(champion.run_id).data.metrics.get(metric) if champion and champion.run_id else None
-    if champion is None or should_promote(new, old, higher_is_better):
+    if should_promote(new, old, higher_is_better):
         client.set_registered_model_alias(name, CHAMPION, version_)
         before = "" if champion is None else f" (was version {champion.version}, {metric} {old})"
         return f"registered {name} version {version_}; it is now the {CHAMPION}{before}"

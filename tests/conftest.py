@@ -1,4 +1,4 @@
-"""Shared fixtures: the real `conf/` composed with small overrides, MLflow stores in tmp_path."""
+"""Shared fixtures: the real `conf/` composed with small overrides, MLflow stores in tmp_path, tiny stage inputs."""
 
 from __future__ import annotations
 
@@ -14,10 +14,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+from searchlab.context import SearchContext
+from searchlab.data import load_dataset
+from searchlab.metrics import scoring_for
 from searchlab.space import Param
+from searchlab.space import grid_size as space_grid_size
 from searchlab.tracking import Tracker
 
 register_schemas()
+
+#: A whole search in seconds: 200 synthetic rows, the smoke budgets, no model artifact.
+TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "tracking.log_model=false", "verbose=0")
 
 
 def compose_config(*overrides: str) -> Config:
@@ -50,7 +57,7 @@ def require_system_package(available: bool, reason: str) -> None:
 
 @dataclass(frozen=True)
 class Store:
-    """A SQLite MLflow store a test polls while a search writes to it."""
+    """A SQLite MLflow store a test reads (or polls while a search writes to it)."""
 
     uri: str
     client: MlflowClient
@@ -68,10 +75,15 @@ def new_store(folder: Path) -> Store:
 
 
 def grid_size(space: dict[str, Any], points: int) -> int:
-    """Trials a grid fine stage runs over a fine stage's `space.json` (its tuned part)."""
-    size = 1
-    for name, spec in space["tuned"].items():
-        param = Param(name, spec["type"], spec.get("low", 0.0), spec.get("high", 0.0), spec.get("log", False),
-                      tuple(spec.get("values", ())))
-        size *= len(param.grid(points))
-    return size
+    """Trials a grid fine stage runs over a fine stage's logged `space.json` (its tuned part)."""
+    params = {name: Param(name, spec["type"], spec.get("low", 0.0), spec.get("high", 0.0), spec.get("log", False),
+                          tuple(spec.get("values", ()))) for name, spec in space["tuned"].items()}
+    return space_grid_size(params, points)
+
+
+def stage_inputs(*overrides: str) -> tuple[Config, SearchContext]:
+    """A composed configuration (`TINY` plus `overrides`) and the stage context over its data set."""
+    config = compose_config(*TINY, *overrides)
+    data = load_dataset(config.dataset, config.seed)
+    scoring = scoring_for(data.task, config.search.coarse.scoring)
+    return config, SearchContext(data, scoring, config.model, config.seed, config.verbose)

@@ -1,14 +1,17 @@
-"""User mistakes through the real command line: a clear message, a non-zero exit, no traceback, no run.
+"""The command line as a user meets it: mistakes refused with a clear message and no run, one real subprocess per
+kind of mistake (the other cases check the same messages in-process), a sweep, and a signal ending the runs.
 
-Each case runs `python -m searchlab ...` in a subprocess, as a user would. Configuration
-mistakes stop before TensorFlow loads (about a second each); the data mistakes load
-TensorFlow first (5-10 s each), so there are only five of them.
+Configuration and data mistakes are reported before TensorFlow loads: the data-error case runs with a
+`tensorflow` package on its path that fails on import.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hydra.errors import HydraException
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from omegaconf.errors import OmegaConfBaseException
+
+from searchlab.data import check_cv_feasible, load_dataset
+from searchlab.errors import SearchlabError
+from tests.conftest import TINY, compose_config, new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"
@@ -36,10 +45,10 @@ class Outcome:
         return self.stdout + self.stderr
 
 
-def run_cli(*overrides: str, timeout: float = 180) -> Outcome:
+def run_cli(*overrides: str, timeout: float = 180, env: dict[str, str] | None = None) -> Outcome:
     """`python -m searchlab <overrides>` from the project root."""
     done = subprocess.run([sys.executable, "-m", "searchlab", *overrides], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
@@ -112,15 +121,35 @@ CONFIG_CASES = [
 ]
 
 
+def _message(*overrides: str) -> str:
+    """What composing and validating `overrides` says, as the command line would print it."""
+    try:
+        compose_config(*BASE, *overrides)
+    except (SearchlabError, HydraException, OmegaConfBaseException) as exc:
+        return str(exc)
+    raise AssertionError(f"{overrides} was accepted")
+
+
 @pytest.mark.parametrize(("overrides", "expected", "ours"), CONFIG_CASES)
-def test_bad_config_is_refused(tmp_path: Path, overrides: list[str], expected: list[str], ours: bool) -> None:
-    """A wrong value stops before any run with a message naming the key; ours fit in one paragraph."""
+def test_bad_config_message_names_the_key(overrides: list[str], expected: list[str], ours: bool) -> None:
+    message = _message(*overrides)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_a_hydra_mistake_is_refused_on_the_command_line(tmp_path: Path) -> None:
     db, uri = store(tmp_path)
-    outcome = run_cli(*BASE, uri, *overrides, timeout=120)
-    assert_refused(outcome, expected, db)
+    outcome = run_cli(*BASE, uri, "dataset=nope", timeout=120)
+    assert_refused(outcome, CONFIG_CASES[0].values[1], db)
     assert not db.exists(), "a configuration error should not even create the store"
-    if ours:
-        assert_one_paragraph(outcome)
+
+
+def test_a_bad_value_is_refused_in_one_paragraph(tmp_path: Path) -> None:
+    db, uri = store(tmp_path)
+    outcome = run_cli(*BASE, uri, "search.coarse.n_iter=0", timeout=120)
+    assert_refused(outcome, ["search.coarse.n_iter must be >= 1, got 0."], db)
+    assert not db.exists()
+    assert_one_paragraph(outcome)
 
 
 # -- bad data: dataset=csv ----------------------------------------------------------------------
@@ -167,14 +196,27 @@ def _rare_class(tmp_path: Path) -> tuple[list[str], list[str]]:
             ["rare", "search.coarse.cv=5", "fewer training rows"])
 
 
-@pytest.mark.parametrize("make_case", [_missing_file, _absent_target, _text_feature, _missing_values, _rare_class],
-                         ids=["missing-file", "absent-target", "non-numeric-feature", "missing-values",
-                              "class-smaller-than-cv"])
-def test_bad_data_is_refused(tmp_path: Path, make_case: Callable[[Path], tuple[list[str], list[str]]]) -> None:
-    """Bad CSV data stops before any run, with a message naming the file or column."""
+@pytest.mark.parametrize("make_case", [_absent_target, _text_feature, _missing_values, _rare_class],
+                         ids=["absent-target", "non-numeric-feature", "missing-values", "class-smaller-than-cv"])
+def test_bad_data_message_names_the_file_or_column(tmp_path: Path,
+                                                   make_case: Callable[[Path], tuple[list[str], list[str]]]) -> None:
     overrides, expected = make_case(tmp_path)
+    config = compose_config(*BASE, "dataset=csv", *overrides)
+    with pytest.raises(SearchlabError) as caught:
+        check_cv_feasible(load_dataset(config.dataset, config.seed), config.search.coarse.cv)
+    for fragment in expected:
+        assert fragment in str(caught.value)
+
+
+def test_bad_data_is_refused_before_tensorflow_loads(tmp_path: Path) -> None:
+    """A missing CSV file stops with a one-paragraph message naming it; TensorFlow is never imported (a
+    `tensorflow` package that fails on import is first on the path)."""
+    poison = tmp_path / "poison" / "tensorflow"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text('raise ImportError("tensorflow was imported before the data was checked")\n')
+    overrides, expected = _missing_file(tmp_path)
     db, uri = store(tmp_path)
-    outcome = run_cli(*BASE, uri, "dataset=csv", *overrides)
+    outcome = run_cli(*BASE, uri, "dataset=csv", *overrides, env={"PYTHONPATH": str(poison.parent)})
     assert_refused(outcome, expected, db)
     assert_one_paragraph(outcome)
 
@@ -192,15 +234,6 @@ def test_resume_last_on_empty_store(tmp_path: Path) -> None:
     assert_one_paragraph(outcome)
 
 
-def test_resume_unknown_run_id(tmp_path: Path) -> None:
-    db, uri = store(tmp_path)
-    outcome = run_cli("resume=0123456789abcdef0123456789abcdef", "verbose=0", uri)
-    assert outcome.returncode == 2, outcome.text
-    assert "0123456789abcdef0123456789abcdef" in outcome.stderr, outcome.text
-    assert TRACEBACK not in outcome.text
-    assert runs_in_store(db) == []
-
-
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     db, uri = store(tmp_path)
     outcome = run_cli("--cfg", "job", "search.coarse.n_iter=7", uri, timeout=60)
@@ -212,10 +245,41 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     assert not db.exists()
 
 
-def test_the_run_link_points_at_the_tracking_server_when_there_is_one() -> None:
-    from searchlab.ui import where_to_look
+def test_a_sweep_runs_one_search_per_job(tmp_path: Path) -> None:
+    """`searchlab -m seed=1,2`: two searches into one store, and a table of both at the end."""
+    store_ = new_store(tmp_path / "mlruns")  # the store and experiment exist before the jobs
+    outcome = run_cli("-m", "seed=1,2", *TINY, "search.coarse.n_iter=2", "search.fine.max_params=1",
+                      "search.fine.points=2", "model.epochs=2", f"tracking.uri={store_.uri}", timeout=600)
+    assert outcome.returncode == 0, outcome.stderr[-3000:]
+    assert "searchlab sweep: 2 jobs" in outcome.stdout
+    assert "seed=1" in outcome.stdout and "seed=2" in outcome.stdout
+    assert "database is locked" not in outcome.text
+    searches = store_.runs("tags.`searchlab.run` = 'search'")
+    assert sorted(r.data.params["seed"] for r in searches) == ["1", "2"]
+    assert {r.info.status for r in searches} == {"FINISHED"}
 
-    assert where_to_look("https://alice:pw@mlflow.team:5000/", "3", "abc") == \
-        "open https://***@mlflow.team:5000/#/experiments/3/runs/abc"
-    assert where_to_look("sqlite:////tmp/x/mlflow.db", "1", "abc") == \
-        "run `make ui`, then open http://127.0.0.1:5000/#/experiments/1/runs/abc"
+
+def test_sigterm_ends_the_open_runs_killed_and_says_how_to_resume(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler, `kill`) as Ctrl-C: exit code 130, every open run KILLED, a `resume=` hint, no
+    traceback. Resuming itself is checked in-process (tests/test_pipeline.py)."""
+    store_ = new_store(tmp_path / "mlruns")
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "searchlab", *TINY, "search.coarse.n_iter=6",
+                                 f"tracking.uri={store_.uri}"], cwd=ROOT, stdout=out, stderr=err)
+        try:
+            deadline = time.time() + 300
+            while not store_.runs("tags.`searchlab.stage` = 'coarse' and tags.`searchlab.run` = 'trial'"):
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "err").read_text()
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    log = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
+    assert code == 130, log
+    assert "resume=" in (tmp_path / "err").read_text() and TRACEBACK not in log, log
+    statuses = {(r.data.tags.get("searchlab.run"), r.data.tags.get("searchlab.stage")): r.info.status
+                for r in store_.runs() if r.data.tags.get("searchlab.run") != "trial"}
+    assert statuses == {("search", None): "KILLED", ("stage", "coarse"): "KILLED"}
+    assert "RUNNING" not in {r.info.status for r in store_.runs()}

@@ -1,8 +1,8 @@
-"""End to end: a smoke search on real data with real Keras, asserting the MLflow run tree."""
+"""Whole searches, in-process on real data with real Keras and a real SQLite store: the run tree, the model,
+the plots, the callbacks, a failed stage, and an interrupted search resumed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -12,28 +12,46 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from searchlab import pipeline
-from searchlab.config import Config
-from searchlab.tracking import RUN_TAG, STAGE_TAG
+from searchlab.callbacks import SearchCallback, TrialEnd
+from searchlab.errors import SearchInterrupted, StageFailedError
+from searchlab.records import RUN_TAG, STAGE_TAG
+from tests.conftest import TINY, Store, compose_config, grid_size, new_store
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[pipeline.SearchResult, MlflowClient]:
-    from tests.conftest import compose_config
+class Recorder(SearchCallback):
+    """Keeps what a search tells its callbacks."""
 
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.trials: list[TrialEnd] = []
+
+    def on_stage_begin(self, stage: str, total: int | None) -> None:
+        self.events.append(f"begin {stage} {total}")
+
+    def on_trial_end(self, trial: TrialEnd) -> None:
+        self.trials.append(trial)
+
+    def on_stage_end(self, stage: str) -> None:
+        self.events.append(f"end {stage}")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[pipeline.SearchResult, MlflowClient, Recorder]:
+    """The smoke search on digits, as `make search ARGS=experiment=smoke` runs it, model included."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    config = compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0")
-    result = pipeline.run(config)
-    return result, MlflowClient(uri)
+    recorder = Recorder()
+    result = pipeline.run(compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0"), callbacks=[recorder])
+    return result, MlflowClient(uri), recorder
 
 
 def _runs(client: MlflowClient, experiment_id: str, query: str) -> list[mlflow.entities.Run]:
     return client.search_runs([experiment_id], filter_string=query, max_results=1000)
 
 
-def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
-    result, client = smoke
+def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, client, _ = smoke
     exp = result.experiment_id
     parent = client.get_run(result.run_id)
     assert parent.data.tags[RUN_TAG] == "search"
@@ -69,8 +87,8 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
     assert not _runs(client, exp, "attributes.status = 'RUNNING'")
 
 
-def test_curves_are_step_series(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
-    result, client = smoke
+def test_curves_are_step_series(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, client, _ = smoke
     fine_trial = result.fine.trials[0]
     runs = _runs(client, result.experiment_id, f"tags.`searchlab.trial_id` = '{fine_trial.trial_id}'")
     history = client.get_metric_history(runs[0].info.run_id, "val_loss")
@@ -79,19 +97,20 @@ def test_curves_are_step_series(smoke: tuple[pipeline.SearchResult, MlflowClient
     assert len(client.get_metric_history(coarse_run.info.run_id, "val_loss")) >= 1
 
 
-def test_final_refit_replays_the_winners_learning_rates(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
-    result, _ = smoke
+def test_final_refit_replays_the_winners_learning_rates(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, _, _ = smoke
     winner = result.fine.best.curves["learning_rate"]
     refit = result.final.history["learning_rate"]
     assert len(refit) == result.final.epochs
     assert refit == pytest.approx((winner + [winner[-1]] * len(refit))[:len(refit)])
 
 
-def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
-    result, client = smoke
+def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, client, _ = smoke
     names = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "narrowing.md", "best_model_input_example.json"} <= names
     assert result.model_uri is not None
+    mlflow.set_tracking_uri(result.tracking_uri)  # the test's own choice: searchlab never sets it
     model = mlflow.keras.load_model(result.model_uri)
     proba = np.asarray(model.predict(result.data.X_test, verbose=0))
     assert proba.shape == (len(result.data.y_test), 10)
@@ -101,8 +120,8 @@ def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, Mlflo
     assert np.asarray(pyfunc.predict(result.data.X_test[:3])).shape == (3, 10)
 
 
-def test_plots_are_artifacts(smoke: tuple[pipeline.SearchResult, MlflowClient], tmp_path: Path) -> None:
-    result, client = smoke
+def test_plots_are_artifacts(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder], tmp_path: Path) -> None:
+    result, client, _ = smoke
     expected = {"learning_curves.png", "coarse_scores_vs_params.png", "influence.png", "parallel_coarse.png",
                 "parallel_fine.png", "confusion_matrix_test.png"}
     names = {Path(a.path).name for a in client.list_artifacts(result.run_id, "plots")}
@@ -120,51 +139,137 @@ def test_plots_are_artifacts(smoke: tuple[pipeline.SearchResult, MlflowClient], 
                for s in stages)
 
 
-def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
-    result, client = smoke
+def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, client, _ = smoke
     winners = _runs(client, result.experiment_id, "tags.`searchlab.winner` = 'true'")
     assert len(winners) == 1
     assert winners[0].data.tags["searchlab.trial_id"] == result.fine.best.trial_id
 
 
-def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient]) -> None:
-    result, client = smoke
+def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, client, _ = smoke
     summary = result.summary()
     for part in ("digits", "Coarse", "Fine", "Test vs baseline", "Narrowing"):
         assert part in summary
     assert client.get_run(result.run_id).data.tags["mlflow.note.content"] == summary
 
 
-def _small_search(make_config: Callable[..., Config], store_uri: str, *overrides: str) -> pipeline.SearchResult:
-    """A smoke search on 300 synthetic rows, without the model artifact."""
-    return pipeline.run(make_config("experiment=smoke", "dataset=synthetic", "dataset.n_samples=300",
-                                    f"tracking.uri={store_uri}", "verbose=0", "tracking.log_model=false",
-                                    *overrides))
+def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, _, recorder = smoke
+    n_fine = len(result.fine.trials) + 1
+    assert recorder.events == ["begin coarse 4", "end coarse", f"begin fine {n_fine}", "end fine"]
+    assert [t.label for t in recorder.trials] == [
+        *(f"coarse-{t.number:03d}" for t in result.coarse.trials),
+        *(f"fine-{t.trial_id}" for t in result.fine.trials), "coarse-winner"]
+    assert [t.score for t in recorder.trials[:4]] == [t.mean_score for t in result.coarse.trials]
+    assert recorder.trials[-1].metric == result.fine.coarse_winner.score  # accuracy: the metric is the score
 
 
-def test_binary_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
-    """A binary task goes through every stage (the fine stage used to crash on 1-D labels, fixed in 116f455)."""
-    result = _small_search(make_config, store_uri, "dataset.generator=moons")
+def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
+    result = pipeline.run(compose_config(*TINY, "dataset.generator=moons", "search/fine=hyperband",
+                                         "search.fine.max_epochs=4", f"tracking.uri={store_uri}"))
     assert result.data.task == "binary"
     assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
-    assert result.fine.best.ok and all(t.ok for t in result.fine.trials)
-    client = MlflowClient(store_uri)
-    statuses = {r.info.run_name: r.info.status for r in _runs(client, result.experiment_id, "")}
-    assert set(statuses.values()) == {"FINISHED"}, statuses
-    assert result.final.test_metrics["roc_auc"] > 0.5
-
-
-def test_hyperband_fine_stage(make_config: Callable[..., Config], store_uri: str) -> None:
-    result = _small_search(make_config, store_uri, "search/fine=hyperband", "search.fine.max_epochs=4")
-    assert len(result.fine.trials) >= 3
+    assert len(result.fine.trials) >= 3 and all(t.ok for t in result.fine.trials)
     assert all(set(t.tuned) == set(result.fine_space.tuned) for t in result.fine.trials)
-    for trial in result.fine.trials:  # Hyperband's continued trials resume from a later epoch
-        assert len(trial.curves["loss"]) + trial.first_epoch <= 4
-    assert result.final.test_metrics["accuracy"] > result.final.baseline_metrics["accuracy"]
+    assert result.final.test_metrics["roc_auc"] > 0.5
+    store = Store(store_uri, MlflowClient(store_uri), result.experiment_id)
+    assert {r.info.status for r in store.runs()} == {"FINISHED"}
 
 
-def test_regression_smoke(make_config: Callable[..., Config], store_uri: str) -> None:
-    result = _small_search(make_config, store_uri, "dataset.generator=regression")
+def test_a_regression_search(store_uri: str) -> None:
+    result = pipeline.run(compose_config(*TINY, "dataset.generator=regression", f"tracking.uri={store_uri}"))
     assert result.data.task == "regression"
     assert set(result.final.test_metrics) == {"rmse", "mae", "r2"}
     assert result.final.test_metrics["rmse"] < result.final.baseline_metrics["rmse"]
+
+
+def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> None:
+    """Every coarse candidate diverges: StageFailedError, and the search and stage runs end FAILED.
+
+    At 1e3..1e6 a ReLU network can die (a constant output, a finite loss) instead of overflowing, and that
+    candidate then "succeeds" at chance level; at 1e30 the weights overflow to inf/NaN at once.
+    """
+    store = new_store(tmp_path)
+    config = compose_config(*TINY, f"tracking.uri={store.uri}", "search.coarse.space.learning_rate.low=1e30",
+                            "search.coarse.space.learning_rate.high=1e35", "search.coarse.space.optimizer.values=[sgd]")
+    with pytest.raises(StageFailedError, match="all 4 coarse candidates failed"):
+        pipeline.run(config)
+    roles = {(r.data.tags.get(RUN_TAG), r.data.tags.get(STAGE_TAG)): r.info.status for r in store.runs()
+             if r.data.tags.get(RUN_TAG) != "trial"}
+    assert roles == {("search", None): "FAILED", ("stage", "coarse"): "FAILED"}
+    trials = store.runs(f"tags.`{RUN_TAG}` = 'trial'")
+    assert len(trials) == 4 and {r.info.status for r in trials} == {"FAILED"}
+    assert all("searchlab.error" in r.data.tags for r in trials)
+
+
+class InterruptAfter(SearchCallback):
+    """Ctrl-C, as the search process sees it, after `count` trials of `stage`."""
+
+    def __init__(self, stage: str, count: int) -> None:
+        self.stage, self.count = stage, count
+
+    def on_trial_end(self, trial: TrialEnd) -> None:
+        if trial.stage == self.stage:
+            self.count -= 1
+            if self.count == 0:
+                raise KeyboardInterrupt
+
+
+def _statuses(store: Store) -> dict[tuple[str | None, str | None], str]:
+    return {(r.data.tags.get(RUN_TAG), r.data.tags.get(STAGE_TAG)): r.info.status for r in store.runs()
+            if r.data.tags.get(RUN_TAG) != "trial"}
+
+
+def _trial_runs(store: Store, stage: str, key: str) -> dict[str, str]:
+    """Trial run ids by candidate number or trial id; fails on a trial recorded twice."""
+    found: dict[str, str] = {}
+    for run in store.runs(f"tags.`{RUN_TAG}` = 'trial' and tags.`{STAGE_TAG}` = '{stage}'"):
+        assert run.data.tags[key] not in found, f"{stage} trial {run.data.tags[key]} recorded twice"
+        found[run.data.tags[key]] = run.info.run_id
+    return found
+
+
+def test_a_search_interrupted_in_the_coarse_stage_resumes_where_it_stopped(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    overrides = (*TINY, "search.coarse.n_iter=5", f"tracking.uri={store.uri}")
+    with pytest.raises(SearchInterrupted) as interrupted:
+        pipeline.run(compose_config(*overrides), callbacks=[InterruptAfter("coarse", 2)])
+    assert f"resume={interrupted.value.run_id}" in str(interrupted.value)
+    assert _statuses(store) == {("search", None): "KILLED", ("stage", "coarse"): "KILLED"}
+    assert "RUNNING" not in {r.info.status for r in store.runs()}
+    before = _trial_runs(store, "coarse", "searchlab.candidate")
+    assert len(before) >= 2
+
+    recorder = Recorder()
+    result = pipeline.resumed_config(compose_config(*overrides, "resume=last"))
+    resumed = pipeline.run(result, callbacks=[recorder])
+    assert resumed.run_id == interrupted.value.run_id
+    after = _trial_runs(store, "coarse", "searchlab.candidate")
+    assert sorted(after, key=int) == [str(i) for i in range(5)]
+    assert all(after[c] == run_id for c, run_id in before.items())  # reused, not trained again
+    assert [t.label for t in recorder.trials if t.stage == "coarse"] == [
+        f"coarse-{i:03d}" for i in range(5) if str(i) not in before]
+    assert set(_statuses(store).values()) == {"FINISHED"}
+
+
+def test_a_search_interrupted_in_the_fine_stage_resumes_where_it_stopped(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    overrides = (*TINY, "search.coarse.n_iter=3", "search.fine.points=2", f"tracking.uri={store.uri}")
+    with pytest.raises(SearchInterrupted):
+        pipeline.run(compose_config(*overrides), callbacks=[InterruptAfter("fine", 1)])
+    assert _statuses(store) == {("search", None): "KILLED", ("stage", "coarse"): "FINISHED",
+                                ("stage", "fine"): "KILLED"}
+    coarse_before = _trial_runs(store, "coarse", "searchlab.candidate")
+    fine_before = _trial_runs(store, "fine", "searchlab.trial_id")
+    assert len(fine_before) == 1
+
+    result = pipeline.run(pipeline.resumed_config(compose_config(*overrides, "resume=last")))
+    assert _trial_runs(store, "coarse", "searchlab.candidate") == coarse_before
+    fine_after = _trial_runs(store, "fine", "searchlab.trial_id")
+    assert all(fine_after[t] == run_id for t, run_id in fine_before.items())
+    space = {"tuned": {n: p.as_dict() for n, p in result.fine_space.tuned.items()}}
+    assert len(fine_after) == grid_size(space, 2) + 1  # the whole grid, each point once, + the coarse winner
+    assert len({frozenset(t.tuned.items()) for t in result.fine.trials}) == len(result.fine.trials)
+    assert set(_statuses(store).values()) == {"FINISHED"}
+    assert "RUNNING" not in {r.info.status for r in store.runs()}

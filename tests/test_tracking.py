@@ -1,111 +1,52 @@
-"""Tracking details: registry champion, sweeps, the MLflow input-example trap, redaction."""
+"""The MLflow plumbing: a store opened by several processes at once, batched writes, signals held during a write."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import keras
-import mlflow
-import numpy as np
 import pytest
-from mlflow import MlflowClient
 
-from searchlab import pipeline
-from searchlab.config import Config
-from searchlab.resume import TRIAL_ID_TAG, read_fine_trials
-from searchlab.tracking import RUN_TAG, STAGE_TAG, Tracker, flatten, interrupts_held, redact
-
-ROOT = Path(__file__).resolve().parents[1]
-# These tests are about registry and sweep mechanics: two coarse candidates and a 2-trial grid will do.
-FEW_TRIALS = ("search.coarse.n_iter=2", "search.fine.max_params=1")
-
-
-def test_redact_hides_credentials() -> None:
-    assert redact("postgresql://bob:secret@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
-    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+from searchlab.tracking import Tracker, flatten, interrupts_held
 
 
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
 
 
-def test_keras_input_example_trap_still_there(tmp_path: Path) -> None:
-    """COMPAT.md: mlflow 3.17's Keras flavor fails with `input_example`; searchlab logs the example as an
-    artifact instead. When this test fails, MLflow fixed it: pass `input_example=` in `Tracker.log_model`."""
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    x = np.zeros((2, 3), dtype="float32")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run(), pytest.raises(FileNotFoundError):
-        mlflow.keras.log_model(model, name="m", input_example=x)
+def test_a_finished_run_is_written_whole_in_batches(store_uri: str) -> None:
+    """More params than one MLflow batch takes (100), curves as step series from their first step."""
+    tracker = Tracker(store_uri, "searchlab")
+    parent = tracker.start_run("parent", {"kind": "test"})
+    params = {f"p{i:03d}": i * 0.5 for i in range(150)}
+    run_id = tracker.log_finished_run(parent, "child", tags={"kind": "child"}, params=params,
+                                      metrics={"score": 0.5, "bad": float("nan")}, curves={"loss": [3.0, 2.0, 1.0]},
+                                      start_time=time.time() - 2, end_time=time.time(), first_step=5)
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params == {k: repr(v) for k, v in params.items()}
+    assert run.data.metrics["score"] == 0.5 and "bad" not in run.data.metrics  # NaN is left out
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, "loss")] == [
+        (5, 3.0), (6, 2.0), (7, 1.0)]
+    assert tracker.open_runs == [parent]
+    failed = tracker.log_finished_run(parent, "failed", tags={}, params={}, metrics={}, curves={},
+                                      start_time=time.time(), end_time=time.time(), failed=True)
+    assert tracker.client.get_run(failed).info.status == "FAILED"
 
 
-def test_logged_model_pins_what_trained_it(tmp_path: Path) -> None:
-    """`Tracker.log_model` gives MLflow the requirements instead of letting it infer them (seconds in a
-    subprocess): the model must still list the installed keras, numpy and TensorFlow and load as pyfunc."""
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "models")
-    run_id = tracker.start_run("search", {RUN_TAG: "search"})
-    uri = tracker.log_model(run_id, model, np.ones((4, 3)))
-    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/best_model/requirements.txt",
-                                                            tracking_uri=tracker.uri)).read_text().split()
-    installed = {name: version(name) for name in ("keras", "numpy", "mlflow")}
-    assert {f"{name}=={v}" for name, v in installed.items()} <= set(requirements)
-    assert any(r.startswith(("tensorflow==", "tensorflow-cpu==")) for r in requirements), requirements
-    mlflow.set_tracking_uri(tracker.uri)
-    loaded = mlflow.pyfunc.load_model(uri)
-    np.testing.assert_allclose(np.asarray(loaded.predict(np.ones((4, 3), dtype="float32"))).ravel(),
-                               np.asarray(model.predict(np.ones((4, 3)), verbose=0)).ravel(), rtol=1e-5)
-
-
-@pytest.mark.slow
-def test_registry_champion_moves_only_on_a_better_score(make_config: Callable[..., Config], store_uri: str) -> None:
-    common = ["experiment=smoke", "dataset=synthetic", "dataset.generator=moons", "dataset.n_samples=300",
-              f"tracking.uri={store_uri}", "verbose=0", "tracking.register_as=moons", *FEW_TRIALS]
-    first = pipeline.run(make_config(*common))
-    assert first.registry and "now the champion" in first.registry
-    # A deliberately weak second search (one tiny candidate, 1 epoch) must not take the alias.
-    weak = pipeline.run(make_config(*common, "search.coarse.n_iter=1", "model.epochs=1", "search.fine.max_params=1",
-                                    "search.fine.points=1", "seed=5"))
-    client = MlflowClient(store_uri)
-    champion = client.get_model_version_by_alias("moons", "champion")
-    versions = client.search_model_versions("name = 'moons'")
-    assert len(versions) == 2
-    if weak.final.test_metrics["accuracy"] > first.final.test_metrics["accuracy"]:
-        assert champion.run_id == weak.run_id
-    else:
-        assert champion.run_id == first.run_id
-        assert weak.registry and "stays" in weak.registry
-    assert weak.registry in weak.summary()
-
-
-@pytest.mark.slow
-def test_multirun_sweep_one_parent_per_job(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    Tracker(uri, "searchlab")  # the store and experiment exist before the jobs (COMPAT.md)
-    out = subprocess.run(
-        [sys.executable, "-m", "searchlab", "-m", "seed=1,2", "experiment=smoke", "dataset=synthetic",
-         "dataset.n_samples=300", f"tracking.uri={uri}", "tracking.log_model=false", "verbose=0", *FEW_TRIALS],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "searchlab sweep: 2 jobs" in out.stdout
-    assert "seed=1" in out.stdout and "seed=2" in out.stdout
-    assert "database is locked" not in out.stdout + out.stderr
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("searchlab")
-    searches = client.search_runs([experiment.experiment_id], f"tags.`{RUN_TAG}` = 'search'")
-    assert sorted(r.data.params["seed"] for r in searches) == ["1", "2"]
-    assert all(r.info.status == "FINISHED" for r in searches)
+def test_end_all_ends_open_runs_innermost_first(store_uri: str) -> None:
+    tracker = Tracker(store_uri, "searchlab")
+    outer = tracker.start_run("outer", {})
+    inner = tracker.start_run("inner", {}, parent=outer)
+    tracker.end_all("KILLED")
+    runs = {r: tracker.client.get_run(r).info for r in (outer, inner)}
+    assert {r: info.status for r, info in runs.items()} == {outer: "KILLED", inner: "KILLED"}
+    assert runs[inner].end_time <= runs[outer].end_time
+    assert tracker.open_runs == []
+    assert tracker.get(outer) is not None and tracker.get("0123") is None
 
 
 def _open_store(uri: str, barrier: Any, results: Any) -> None:
@@ -156,21 +97,39 @@ def test_ctrl_c_waits_for_the_store_write_in_progress() -> None:
     assert delivered == [1]
 
 
-def test_a_killed_writers_partial_trial_is_ignored_then_deleted(store_uri: str) -> None:
-    """A trial run left RUNNING (its writer was killed between create and end) is not read back as done, and
-    ending the stage deletes it; whole trial runs, FINISHED or FAILED, stay."""
-    tracker = Tracker(store_uri, "searchlab")
-    stage = tracker.start_run("fine", {RUN_TAG: "stage", STAGE_TAG: "fine"})
-    tags = {RUN_TAG: "trial", STAGE_TAG: "fine"}
-    whole = tracker.log_trial(stage, "fine-0000", {**tags, TRIAL_ID_TAG: "0000"}, {"units": 8}, {"val_score": 0.5},
-                              {"val_score": [0.4, 0.5]}, time.time() - 1, time.time())
-    failed = tracker.log_trial(stage, "fine-0001", {**tags, TRIAL_ID_TAG: "0001"}, {"units": 9}, {}, {},
-                               time.time() - 1, time.time(), error="loss became NaN")
-    partial = tracker.client.create_run(tracker.experiment_id, run_name="fine-0002",
-                                        tags={**tags, TRIAL_ID_TAG: "0002", "mlflow.parentRunId": stage}).info.run_id
-    held_open = tracker.start_run("in progress here", {RUN_TAG: "note"}, parent=stage)  # this process's own run
-    assert set(read_fine_trials(tracker, stage)) == {"0000", "0001"}
-    assert tracker.delete_partial_trials(stage) == 1
-    assert tracker.client.get_run(partial).info.lifecycle_stage == "deleted"
-    assert {tracker.client.get_run(r).info.status for r in (whole, failed)} == {"FINISHED", "FAILED"}
-    assert tracker.client.get_run(held_open).info.lifecycle_stage == "active"
+def _write_tree(uri: str, name: str, n: int, barrier: Any, results: Any) -> None:
+    tracker = Tracker(uri, "searchlab")
+    barrier.wait()  # both processes write at once
+    try:
+        parent = tracker.start_run(name, {"tree": name})
+        for k in range(n):
+            tracker.log_finished_run(parent, f"{name}-{k}", tags={"tree": name}, params={"k": k},
+                                     metrics={"score": k / n}, curves={"loss": [1.0, 0.5]}, start_time=time.time(),
+                                     end_time=time.time())
+        tracker.end_run(parent)
+        results.put(parent)
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_searches_write_one_store_at_once(tmp_path: Path) -> None:
+    """Two processes writing their run trees into one SQLite store at the same time: every run lands, in its
+    own tree (two searches on one store, or a sweep)."""
+    import multiprocessing
+
+    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 30
+    tracker = Tracker(uri, "searchlab")  # the store and experiment exist before the writers start
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_write_tree, args=(uri, name, n, barrier, results)) for name in "ab"]
+    for process in processes:
+        process.start()
+    parents = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert all(len(p) == 32 for p in parents), parents
+    for parent in parents:
+        children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
+                                              max_results=1000)
+        assert len(children) == n and {r.info.status for r in children} == {"FINISHED"}
+        assert len({r.data.tags["tree"] for r in children}) == 1

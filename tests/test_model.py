@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from searchlab.config import Config
-from searchlab.model import build_model, fit_model, replay_learning_rate, training_callbacks
+from searchlab.model import build_model, diverged, fit_model, mean_curves, replay_learning_rate, training_callbacks
 
 
 def _noisy_binary(rows: int = 240) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +20,8 @@ def _noisy_binary(rows: int = 240) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _fit(config: Config, epochs: int, **kwargs: Any) -> keras.callbacks.History:
+def _fit(epochs: int, **kwargs: Any) -> keras.callbacks.History:
+    """The same seeded network on the same rows; `kwargs` (validation, callbacks) make the difference."""
     X, y = _noisy_binary()
     keras.utils.set_random_seed(0)
     model = build_model(n_features=5, task="binary", units=64, learning_rate=0.05)
@@ -31,13 +32,13 @@ def test_a_stalled_fit_gets_smaller_learning_rates_and_a_refit_replays_them(
         make_config: Callable[..., Config]) -> None:
     config = make_config("model.patience=30", "model.reduce_lr=0.5", "model.reduce_lr_patience=2")
     X, y = _noisy_binary()
-    validated = _fit(config, 20, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
+    validated = _fit(20, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
     rates = validated.history["learning_rate"]
     assert rates[0] == np.float32(0.05)
     assert min(rates) < 0.05 / 2 + 1e-9  # cut at least twice, by 0.5 each time
     assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
 
-    refit = _fit(config, 25, callbacks=[replay_learning_rate(validated.history)])
+    refit = _fit(25, callbacks=[replay_learning_rate(validated.history)])
     assert refit.history["learning_rate"] == rates + [rates[-1]] * 5
 
 
@@ -51,6 +52,19 @@ def test_a_continued_fit_replays_from_its_first_epoch() -> None:
 def test_no_reduction_records_no_rates(make_config: Callable[..., Config]) -> None:
     config = make_config("model.reduce_lr=1")
     X, y = _noisy_binary()
-    history = _fit(config, 3, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
+    history = _fit(3, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
     assert "learning_rate" not in history.history
     assert replay_learning_rate(history.history) is None
+
+
+def test_diverged_names_the_first_bad_epoch() -> None:
+    assert diverged([0.9, 0.5, 0.4]) is None
+    assert diverged([0.9, float("nan"), float("inf")]) == "training loss became nan at epoch 2"
+    assert diverged([float("inf")], first_epoch=4) == "training loss became inf at epoch 5"
+
+
+def test_mean_curves_average_epoch_by_epoch() -> None:
+    """Folds or executions that stopped early count in the epochs they trained."""
+    curves = mean_curves([{"loss": [4.0, 2.0, 1.0], "acc": [0.5]}, {"loss": [2.0, 1.0]}])
+    assert curves == {"acc": [0.5], "loss": [3.0, 1.5, 1.0]}
+    assert mean_curves([]) == {}

@@ -1,0 +1,212 @@
+"""The coarse stage: stratified shuffled folds, and `run_coarse` on tiny data.
+
+SciKeras 0.13 defines no scikit-learn >= 1.6 tags, so `is_classifier` is False for its wrappers and `cv=int`
+silently becomes an unshuffled, unstratified KFold: the tests on folds fail if `SearchlabClassifier` /
+`SearchlabRegressor` lose their tags or `make_cv` stops shuffling and stratifying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from scikeras.wrappers import KerasClassifier
+from sklearn.base import is_classifier, is_regressor
+from sklearn.model_selection import KFold, StratifiedKFold, check_cv
+
+from searchlab import coarse
+from searchlab.coarse import CoarseTrial, SearchlabClassifier, SearchlabRegressor, make_cv, make_estimator, run_coarse
+from searchlab.config import Config
+from searchlab.context import SearchContext
+from searchlab.data import Dataset, load_dataset
+from searchlab.metrics import scoring_for
+from tests.conftest import stage_inputs
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def digits(make_config: MakeConfig) -> tuple[Config, Dataset]:
+    config = make_config()
+    return config, load_dataset(config.dataset, config.seed)
+
+
+@pytest.fixture
+def regression(make_config: MakeConfig) -> tuple[Config, Dataset]:
+    config = make_config("dataset=synthetic", "dataset.generator=regression", "dataset.n_samples=200")
+    return config, load_dataset(config.dataset, config.seed)
+
+
+def test_wrappers_carry_estimator_type() -> None:
+    """Our wrappers are a classifier and a regressor to scikit-learn, and not the other way round."""
+    assert is_classifier(SearchlabClassifier(model=None)) and not is_regressor(SearchlabClassifier(model=None))
+    assert is_regressor(SearchlabRegressor(model=None)) and not is_classifier(SearchlabRegressor(model=None))
+
+
+def test_plain_scikeras_is_not_a_classifier() -> None:
+    """The trap itself: SciKeras' own wrapper is not a classifier to this scikit-learn.
+
+    If this starts failing, SciKeras (or scikit-learn) fixed its tags and the subclasses may be dropped.
+    """
+    assert not is_classifier(KerasClassifier(model=None))
+
+
+def test_pipeline_from_make_estimator_is_a_classifier(digits: tuple[Config, Dataset]) -> None:
+    """The scaling + network pipeline built for a classification set is a classifier."""
+    config, data = digits
+    estimator = make_estimator(SearchContext(data, scoring_for(data.task, None), config.model, config.seed))
+    assert is_classifier(estimator) and not is_regressor(estimator)
+    assert isinstance(estimator.named_steps["net"], SearchlabClassifier)
+
+
+def test_estimator_for_regression_is_a_regressor(regression: tuple[Config, Dataset]) -> None:
+    """The target-scaling wrapper around the regression pipeline is a regressor."""
+    config, data = regression
+    estimator = make_estimator(SearchContext(data, scoring_for(data.task, None), config.model, config.seed))
+    assert is_regressor(estimator) and not is_classifier(estimator)
+
+
+def test_check_cv_stratifies_for_our_estimator(digits: tuple[Config, Dataset]) -> None:
+    """With the tags, scikit-learn's own `cv=int` handling picks StratifiedKFold; without, plain KFold."""
+    config, data = digits
+    estimator = make_estimator(SearchContext(data, scoring_for(data.task, None), config.model, config.seed))
+    ours = check_cv(3, data.y_train, classifier=is_classifier(estimator))
+    assert isinstance(ours, StratifiedKFold)
+    plain = check_cv(3, data.y_train, classifier=is_classifier(KerasClassifier(model=None)))
+    assert type(plain) is KFold and not plain.shuffle
+
+
+def test_make_cv_classification_is_shuffled_stratified(digits: tuple[Config, Dataset]) -> None:
+    """Classification folds are shuffled, seeded StratifiedKFold."""
+    config, data = digits
+    cv = make_cv(data, 3, config.seed)
+    assert isinstance(cv, StratifiedKFold)
+    assert cv.shuffle and cv.random_state == config.seed and cv.get_n_splits() == 3
+
+
+def test_make_cv_regression_is_shuffled_kfold(regression: tuple[Config, Dataset]) -> None:
+    """Regression folds are shuffled, seeded KFold."""
+    config, data = regression
+    cv = make_cv(data, 4, config.seed)
+    assert type(cv) is KFold
+    assert cv.shuffle and cv.random_state == config.seed and cv.get_n_splits() == 4
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_make_cv_folds_keep_class_proportions(digits: tuple[Config, Dataset], folds: int) -> None:
+    """Every fold of the digits training split has each class within a point of its overall share."""
+    config, data = digits
+    overall = np.bincount(data.y_train, minlength=data.n_classes) / len(data.y_train)
+    seen = np.zeros(len(data.y_train), dtype=int)
+    for train, test in make_cv(data, folds, config.seed).split(data.X_train, data.y_train):
+        seen[test] += 1
+        assert not set(train) & set(test)
+        share = np.bincount(data.y_train[test], minlength=data.n_classes) / len(test)
+        assert np.abs(share - overall).max() < 0.01
+        # shuffled: a fold's rows are not one contiguous block of the training split
+        assert np.diff(np.sort(test)).max() > 1
+    assert (seen == 1).all()
+
+
+def test_make_cv_is_repeatable(digits: tuple[Config, Dataset]) -> None:
+    """The same seed gives the same folds, another seed other folds."""
+    config, data = digits
+
+    def first_fold(seed: int) -> np.ndarray:
+        return next(iter(make_cv(data, 3, seed).split(data.X_train, data.y_train)))[1]
+
+    np.testing.assert_array_equal(first_fold(0), first_fold(0))
+    assert not np.array_equal(first_fold(0), first_fold(1))
+
+
+# -- run_coarse on 200 synthetic rows ---------------------------------------------------------------
+
+# Three candidates, two folds, a few epochs, fits in this process: a stage in seconds.
+FAST = ("search.coarse.n_iter=3", "search.coarse.n_jobs=1", "model.epochs=3")
+
+
+@pytest.fixture(scope="module")
+def three_candidates() -> tuple[Config, SearchContext, list[CoarseTrial], coarse.CoarseResult]:
+    config, ctx = stage_inputs(*FAST)
+    reported: list[CoarseTrial] = []
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse, on_trial=reported.append)
+    return config, ctx, reported, result
+
+
+def test_every_candidate_is_reported_once_in_order(three_candidates: tuple[Config, SearchContext,
+                                                                           list[CoarseTrial], coarse.CoarseResult]) -> None:
+    config, _, reported, result = three_candidates
+    assert [t.number for t in reported] == [0, 1, 2] == [t.number for t in result.trials]
+    space = config.coarse_space()
+    for trial in result.trials:
+        assert trial.ok and len(trial.fold_scores) == config.search.coarse.cv
+        assert 0.0 <= trial.mean_score <= 1.0  # accuracy
+        assert set(trial.params) == set(space)
+        assert len(trial.curves["loss"]) == config.model.epochs  # fold means per epoch, from the workers
+        assert trial.start_time <= trial.end_time
+
+
+def test_finished_candidates_are_reused_and_the_rest_match_a_full_run(
+        three_candidates: tuple[Config, SearchContext, list[CoarseTrial], coarse.CoarseResult]) -> None:
+    """What resuming relies on: the same candidates are sampled, and the missing ones score as in an
+    uninterrupted stage (each fit is seeded, so the local backend repeats them exactly)."""
+    config, ctx, _, full = three_candidates
+    reported: list[CoarseTrial] = []
+    resumed = run_coarse(ctx, config.coarse_space(), config.search.coarse, on_trial=reported.append,
+                         finished={0: full.trials[0]})
+    assert [t.number for t in reported] == [1, 2]
+    assert resumed.trials[0] is full.trials[0]
+    for a, b in zip(resumed.trials, full.trials, strict=True):
+        assert a.params == b.params
+        assert a.fold_scores == pytest.approx(b.fold_scores, abs=1e-9)
+
+
+def test_diverging_candidates_fail_with_the_reason_and_the_rest_score() -> None:
+    """SGD at learning rate 1e6 overflows: those candidates fail (NaN score, the reason kept) while the others
+    are scored, without scikit-learn refusing a batch whose every fit failed."""
+    config, ctx = stage_inputs(*FAST, "search.coarse.n_iter=4", "~search.coarse.space.learning_rate",
+                               "+search.coarse.space.learning_rate={type:choice,values:[0.001,1000000.0]}",
+                               "search.coarse.space.optimizer.values=[sgd]")
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
+    assert len(result.trials) == 4
+    for trial in result.trials:
+        if trial.params["learning_rate"] > 1:
+            assert not trial.ok and trial.error is not None
+            assert "nan" in trial.error.lower() or "inf" in trial.error.lower(), trial.error
+        else:
+            assert trial.ok, trial.error
+    assert 0 < len(result.completed) < 4
+
+
+def test_a_stage_where_every_fit_fails_returns_failed_candidates() -> None:
+    config, ctx = stage_inputs(*FAST, "search.coarse.n_iter=2", "search.coarse.space.learning_rate.low=1e30",
+                               "search.coarse.space.learning_rate.high=1e35", "search.coarse.space.optimizer.values=[sgd]")
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
+    assert [t.ok for t in result.trials] == [False, False]
+    assert not result.completed
+
+
+def test_worker_processes_are_replaced_between_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow keeps a few MiB per trained model in a worker: the stage replaces its joblib workers every
+    `_FITS_PER_WORKER` fits, and ends them with the stage."""
+    shutdowns: list[dict[str, Any]] = []
+    real = coarse.get_reusable_executor
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real(), name)
+
+        def shutdown(self, **kwargs: Any) -> None:
+            shutdowns.append(kwargs)
+            real().shutdown(**kwargs)
+
+    monkeypatch.setattr(coarse, "_FITS_PER_WORKER", 2)  # slices of 2 candidates x 2 folds on 2 workers
+    monkeypatch.setattr(coarse, "get_reusable_executor", Spy)
+    config, ctx = stage_inputs("search.coarse.n_iter=4", "search.coarse.n_jobs=2", "model.epochs=2")
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
+    assert [t.number for t in result.trials] == [0, 1, 2, 3]
+    assert all(t.ok for t in result.trials)  # the curves and scores came back from the workers
+    # one replacement between the two slices, then the workers end with the stage
+    assert shutdowns == [{"wait": True}, {"wait": False, "kill_workers": True}]

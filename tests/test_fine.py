@@ -1,0 +1,124 @@
+"""The fine stage: KerasTuner grid and Hyperband over a fine space on tiny data, replayed trials, failed
+trials, and the one worker process that trains them."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joblib.externals.loky.process_executor import ShutdownExecutorError
+
+from searchlab.config import Config
+from searchlab.context import SearchContext
+from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, TrialPool, run_fine
+from searchlab.narrow import FineSpace
+from searchlab.space import Param, grid_size
+from tests.conftest import stage_inputs
+
+LAYERS = Param("layers", "int", 1.0, 2.0)
+UNITS = Param("units", "choice", values=(4, 8))
+WINNER = {"units": 16, "layers": 1, "learning_rate": 0.01}  # the coarse winner's sampled values
+
+
+def fine_space(*params: Param, **fixed: Any) -> FineSpace:
+    return FineSpace({p.name: p for p in params}, dict(fixed), (), 4, 3, 0)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, SearchContext, FineSpace, list[FineTrial],
+                                                              FineResult]:
+    config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2")
+    space = fine_space(LAYERS, UNITS, learning_rate=0.01)
+    reported: list[FineTrial] = []
+    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path_factory.mktemp("tuner"),
+                      on_trial=reported.append)
+    return config, ctx, space, reported, result
+
+
+def test_a_grid_trains_every_point_once_then_the_coarse_winner(grid: tuple[Any, ...]) -> None:
+    config, _, space, reported, result = grid
+    assert len(result.trials) == grid_size(space.tuned, config.search.fine.points) == 4
+    assert {(t.tuned["layers"], t.tuned["units"]) for t in result.trials} == {(1, 4), (1, 8), (2, 4), (2, 8)}
+    assert [t.trial_id for t in reported] == [*(t.trial_id for t in result.trials), COARSE_WINNER]
+    for trial in result.trials:
+        assert trial.ok and 0.0 <= trial.score <= 1.0
+        assert trial.params["learning_rate"] == 0.01  # fixed by the narrowing
+        assert len(trial.curves["val_accuracy"]) == config.model.epochs and trial.first_epoch == 0
+    winner = result.coarse_winner
+    assert winner.ok and winner.tuned == {} and winner.params["units"] == 16
+    assert result.best in (*result.trials, winner)
+
+
+def test_recorded_trials_are_replayed_not_trained(grid: tuple[Any, ...], tmp_path: Path) -> None:
+    """What resuming relies on: the tuner proposes the same trials, the recorded ones come back as they were
+    and only the others train."""
+    config, ctx, space, _, first = grid
+    recorded = {t.trial_id: t for t in first.trials[:2]}
+    reported: list[FineTrial] = []
+    resumed = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, on_trial=reported.append,
+                       finished=recorded)
+    assert [t.trial_id for t in reported] == [first.trials[2].trial_id, first.trials[3].trial_id, COARSE_WINNER]
+    assert [t.trial_id for t in resumed.trials] == [t.trial_id for t in first.trials]
+    assert [t.tuned for t in resumed.trials] == [t.tuned for t in first.trials]
+    assert resumed.trials[0].score == recorded[resumed.trials[0].trial_id].score
+
+
+def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path) -> None:
+    config, ctx = stage_inputs("search/fine=hyperband", "search.fine.max_epochs=4", "search.fine.factor=2")
+    result = run_fine(ctx, fine_space(Param("units", "int", 4.0, 16.0), learning_rate=0.01), WINNER,
+                      config.search.fine, workdir=tmp_path)
+    assert len(result.trials) >= 3
+    assert any(t.first_epoch > 0 for t in result.trials)  # continued from an earlier trial's weights
+    for trial in result.trials:
+        assert trial.ok and set(trial.tuned) == {"units"}
+        assert len(trial.curves["loss"]) + trial.first_epoch <= 4
+    assert result.coarse_winner.params["epochs"] == 4  # trained for Hyperband's budget, like the trials
+
+
+def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path) -> None:
+    config, ctx = stage_inputs("model.epochs=2")
+    space = fine_space(Param("learning_rate", "choice", values=(0.01, 1e30)), optimizer="sgd", layers=1)
+    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path)
+    by_rate = {t.tuned["learning_rate"]: t for t in result.trials}
+    assert by_rate[0.01].ok
+    assert not by_rate[1e30].ok and by_rate[1e30].error is not None
+    assert "nan" in by_rate[1e30].error.lower() or "inf" in by_rate[1e30].error.lower()
+
+
+def test_the_pool_replaces_its_worker_every_few_trials() -> None:
+    """TensorFlow keeps memory per trained model: a fresh worker process every `recycle_every` trials."""
+    pool = TrialPool(recycle_every=2)
+    try:
+        pids = [pool.run(os.getpid) for _ in range(5)]
+    finally:
+        pool.kill()
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    assert os.getpid() not in pids
+
+
+def test_kill_ends_a_running_trial_without_waiting_for_it() -> None:
+    """A stop (Ctrl-C, SIGTERM, the stage's end) ends the trial's process at once: the trial raises instead of
+    running to its end."""
+    pool = TrialPool()
+    pool.run(os.getpid)  # the worker is up
+    outcome: list[BaseException | None] = []
+
+    def long_trial() -> None:
+        try:
+            pool.run(time.sleep, 120)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=long_trial)
+    thread.start()
+    time.sleep(1)
+    started = time.monotonic()
+    pool.kill()
+    thread.join(60)
+    assert time.monotonic() - started < 30
+    assert outcome and isinstance(outcome[0], ShutdownExecutorError)
