@@ -237,8 +237,10 @@ def run_coarse(
             for offset, candidate in enumerate(candidates):
                 row = len(results["params"]) - len(candidates) + offset
                 number = candidate[candidate_key]
-                sampled = {key: value for key, value in candidate.items() if key != candidate_key}
-                trial = _make_trial(number, sampled, space, results, row, Path(history_dir), fold_keys, started)
+                params = {name: space[name].cast(value) for key, value in candidate.items() if key != candidate_key
+                          for name in [key.rsplit("__", 1)[-1]]}
+                scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
+                trial = _make_trial(number, params, scores, Path(history_dir), fold_keys, started)
                 trials.append(trial)
                 if on_trial is not None:
                     on_trial(trial)
@@ -369,11 +371,9 @@ def _fold_key(X: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
 
 
-def _make_trial(number: int, candidate: dict[str, Any], space: Space, results: dict[str, Any], row: int,
-                history_dir: Path, fold_keys: list[str], started: float) -> CoarseTrial:
-    params = {name: space[name].cast(value) for key, value in candidate.items()
-              for name in [key.rsplit("__", 1)[-1]]}
-    scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
+def _make_trial(number: int, params: dict[str, Any], scores: tuple[float, ...], history_dir: Path,
+                fold_keys: list[str], started: float) -> CoarseTrial:
+    """A candidate's record: its fold scores, the mean of its folds' curves and, if a fold failed, why."""
     histories = [json.loads(path.read_text()) for fold in fold_keys
                  for path in [history_dir / f"{number}-{fold}.json"] if path.exists()]
     error = None

@@ -91,6 +91,7 @@ def register(tracker: Tracker, model_uri: str, name: str, run_id: str, metric: s
         client.set_registered_model_alias(name, CHAMPION, version_)
         before = "" if champion is None else f" (was version {champion.version}, {metric} {old})"
         return f"registered {name} version {version_}; it is now the {CHAMPION}{before}"
+    assert champion is not None and old is not None  # `should_promote` promotes whenever either is missing
     shown = "none" if new is None else f"{new:.4g}"
     return (f"registered {name} version {version_} ({metric} {shown}); the {CHAMPION} stays version "
             f"{champion.version} ({metric} {old:.4g})")

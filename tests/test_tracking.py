@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from searchlab.tracking import Tracker, flatten, interrupts_held
 
 
