@@ -1,56 +1,164 @@
 """Typed configuration: dataclass schemas for every config group and their validation.
 
-Hydra composes `conf/` on top of these schemas, so unknown keys and wrong types fail at
-composition; `Config.__post_init__` then checks ranges and cross-field rules and raises
-`ConfigError` naming the dotted key, the value and what is allowed. Nothing outside this
-module and the CLI sees a `DictConfig`.
+Hydra composes `conf/` on top of these schemas, so unknown keys, wrong types and choices outside an
+enum fail at composition. `Config.__post_init__` then checks the numeric limits each field declares
+(`_bounded(default, Interval(...))`) in one loop, plus the few rules that span fields, and raises
+`ConfigError` naming the dotted key, the value and what is allowed. Nothing outside this module and
+the CLI sees a `DictConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
+import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from searchlab.errors import ConfigError
 from searchlab.space import HYPERPARAMETERS, Param, check_value
 
+#: The shipped Hydra configuration. `searchlab/conf` is a symlink to the top-level `conf/` in the
+#: source tree; a built wheel holds the files themselves, so an installed package finds them here too.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+#: The source checkout; meaningless in an installed package. Only bench/compare.py still reads it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
 
-DATASETS = ("digits", "csv", "synthetic", "mnist", "imdb")
-TASKS = ("auto", "binary", "multiclass", "regression")
-GENERATORS = ("moons", "circles", "classification", "regression")
-FINE_KINDS = ("grid", "hyperband")
-BACKENDS = ("local", "dask")
+
+# Choices are enums so OmegaConf rejects a bad value at composition, listing the allowed ones. They are
+# `StrEnum`s: members are `str`, compare equal to their value and format as it (`f"{kind}"` is "grid").
+class DatasetName(StrEnum):
+    digits = "digits"
+    csv = "csv"
+    synthetic = "synthetic"
+    mnist = "mnist"
+    imdb = "imdb"
+
+
+class Task(StrEnum):
+    auto = "auto"
+    binary = "binary"
+    multiclass = "multiclass"
+    regression = "regression"
+
+
+class SyntheticGenerator(StrEnum):
+    moons = "moons"
+    circles = "circles"
+    classification = "classification"
+    regression = "regression"
+
+
+class FineKind(StrEnum):
+    grid = "grid"
+    hyperband = "hyperband"
+
+
+class Backend(StrEnum):
+    local = "local"
+    dask = "dask"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The numbers between `low` and `high` (None: unbounded); `closed` names the ends that are included."""
+
+    low: float | None = None
+    high: float | None = None
+    closed: Literal["left", "right", "both", "neither"] = "left"
+
+    def __contains__(self, value: float) -> bool:
+        low_in, high_in = self.closed in ("left", "both"), self.closed in ("right", "both")
+        if self.low is not None and (value < self.low if low_in else value <= self.low):
+            return False
+        return self.high is None or (value <= self.high if high_in else value < self.high)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>=' if self.closed in ('left', 'both') else '>'} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<=' if self.closed in ('right', 'both') else '<'} {self.high:g}")
+        return " and ".join(parts)
+
+
+def _bounded(default: Any, interval: Interval) -> Any:
+    """A dataclass field whose value must lie in `interval` (None, where the field allows it, always passes)."""
+    return field(default=default, metadata={"range": interval})
+
+
+# --- data sets: one schema per option of the `dataset` group ---------------------------------------
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
-    task: str = "auto"
-    test_size: float = 0.2
-    # csv
+    """What every data set has; each `conf/dataset/*.yaml` extends one subclass (its `<name>_schema`)."""
+
+    name: DatasetName = MISSING
+    task: Task = Task.auto
+    test_size: float = _bounded(0.2, Interval(0.0, 1.0, "neither"))
+
+
+@dataclass
+class DigitsConfig(DatasetConfig):
+    name: DatasetName = DatasetName.digits
+
+
+@dataclass
+class CsvConfig(DatasetConfig):
+    name: DatasetName = DatasetName.csv
     path: str | None = None
     target: str | None = None
-    target_path: str | None = None
-    # synthetic
-    generator: str = "classification"
-    n_samples: int = 1000
-    n_features: int = 20
-    n_classes: int = 2
-    noise: float = 0.1
-    # mnist / imdb
-    num_words: int = 1000
-    max_rows: int | None = None
+    target_path: str | None = None  # a one-column target file beside a features-only `path`
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    name: DatasetName = DatasetName.synthetic
+    generator: SyntheticGenerator = SyntheticGenerator.classification
+    n_samples: int = _bounded(1000, Interval(20))
+    n_features: int = _bounded(20, Interval(2))
+    n_classes: int = _bounded(2, Interval(2))
+    noise: float = _bounded(0.1, Interval(0.0))
+
+
+@dataclass
+class MnistConfig(DatasetConfig):
+    name: DatasetName = DatasetName.mnist
+    max_rows: int | None = _bounded(None, Interval(20))
+
+
+@dataclass
+class ImdbConfig(DatasetConfig):
+    name: DatasetName = DatasetName.imdb
+    num_words: int = _bounded(1000, Interval(10))
+    max_rows: int | None = _bounded(None, Interval(20))
+
+
+#: The schema of each data set; registered in Hydra's ConfigStore as `dataset/<name>_schema`.
+DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
+    DatasetName.digits: DigitsConfig,
+    DatasetName.csv: CsvConfig,
+    DatasetName.synthetic: SyntheticConfig,
+    DatasetName.mnist: MnistConfig,
+    DatasetName.imdb: ImdbConfig,
+}
+
+
+# --- model, search, tracking --------------------------------------------------------------------
 
 
 @dataclass
 class ModelConfig:
-    """Default hyperparameters (used where a stage does not search them) and training settings."""
+    """Default hyperparameters (used where a stage does not search them) and training settings.
+
+    The hyperparameters (`HYPERPARAMETERS`) are checked by `searchlab.space.check_value`.
+    """
 
     units: int = 64
     layers: int = 2
@@ -63,14 +171,15 @@ class ModelConfig:
     activation: str = "relu"
     batch_size: int = 64
     epochs: int = 200
-    patience: int = 15
-    reduce_lr: float = 0.3
-    reduce_lr_patience: int = 5
-    validation_fraction: float = 0.1
-    steps_per_execution: int = 16
+    patience: int = _bounded(15, Interval(1))
+    reduce_lr: float = _bounded(0.3, Interval(0.0, 1.0, "right"))
+    reduce_lr_patience: int = _bounded(5, Interval(1))
+    validation_fraction: float = _bounded(0.1, Interval(0.0, 0.5, "right"))
+    steps_per_execution: int = _bounded(16, Interval(1))
     scaling: str = "standard"
 
     def hyperparameters(self) -> dict[str, Any]:
+        """The default value of every hyperparameter, by name."""
         return {name: getattr(self, name) for name in HYPERPARAMETERS}
 
 
@@ -87,8 +196,8 @@ class ParamSpec:
 
 @dataclass
 class CoarseConfig:
-    n_iter: int = 20
-    cv: int = 3
+    n_iter: int = _bounded(20, Interval(1))
+    cv: int = _bounded(3, Interval(2))
     scoring: str | None = None
     n_jobs: int = -1
     random_state: int | None = None
@@ -98,18 +207,18 @@ class CoarseConfig:
 
 @dataclass
 class FineConfig:
-    kind: str = "grid"
-    max_params: int = 3
-    top_fraction: float = 0.25
-    validation_fraction: float = 0.2
-    executions_per_trial: int = 1
-    points: int = 3
-    max_epochs: int = 30
-    factor: int = 3
-    hyperband_iterations: int = 1
+    kind: FineKind = FineKind.grid
+    max_params: int = _bounded(3, Interval(1))
+    top_fraction: float = _bounded(0.25, Interval(0.0, 1.0, "right"))
+    validation_fraction: float = _bounded(0.2, Interval(0.0, 0.5, "right"))
+    executions_per_trial: int = _bounded(1, Interval(1))
+    points: int = _bounded(3, Interval(1))
+    max_epochs: int = _bounded(30, Interval(2))
+    factor: int = _bounded(3, Interval(2))
+    hyperband_iterations: int = _bounded(1, Interval(1))
     # KerasTuner's distributed mode: 0 trains the trials one at a time from the search process;
     # N >= 1 makes the search process the chief (it holds the oracle) and trials run on workers.
-    workers: int = 0
+    workers: int = _bounded(0, Interval(0))
     oracle: str = "127.0.0.1:50051"  # host:port the chief's oracle serves gRPC on
     start_workers: bool = True  # start the `workers` processes here; false: start `searchlab-worker` yourself
 
@@ -117,12 +226,12 @@ class FineConfig:
 @dataclass
 class DaskConfig:
     address: str | None = None  # a running scheduler, e.g. tcp://host:8786; null: a local cluster
-    n_workers: int = 2  # local cluster: single-threaded worker processes
+    n_workers: int = _bounded(2, Interval(1))  # local cluster: single-threaded worker processes
 
 
 @dataclass
 class SearchConfig:
-    backend: str = "local"  # coarse stage: joblib worker processes here, or a dask.distributed cluster
+    backend: Backend = Backend.local  # coarse stage: joblib worker processes here, or a dask.distributed cluster
     dask: DaskConfig = field(default_factory=DaskConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     fine: FineConfig = field(default_factory=FineConfig)
@@ -138,9 +247,11 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
-    verbose: int = 1
+    seed: int = _bounded(0, Interval(0))
+    verbose: int = _bounded(1, Interval(0, 2, "both"))
     resume: str | None = None  # `last` or a search run id
+    # Typed as the base so any data set's schema fits; composition (and `config_from_yaml`) puts the
+    # chosen data set's subclass here. A subclass as default would refuse to be merged with another one.
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -148,127 +259,143 @@ class Config:
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_rules(self)
 
     def coarse_space(self) -> dict[str, Param]:
         """The coarse stage's search space as typed parameters."""
         return {name: _to_param(name, spec) for name, spec in self.search.coarse.space.items()}
 
 
+# --- building a Config ----------------------------------------------------------------------------
+
+
 def register_schemas() -> None:
-    """Register the schemas so `conf/config.yaml` can build on `base_config`."""
-    ConfigStore.instance().store(name="base_config", node=Config)
+    """Register the schemas in Hydra's ConfigStore: `base_config` and `dataset/<name>_schema` (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for name, schema in DATASET_SCHEMAS.items():
+        store.store(group="dataset", name=f"{name.value}_schema", node=schema)
+
+
+def compose(*overrides: str) -> Config:
+    """Compose the shipped `conf/` with Hydra command-line overrides and return the validated `Config`.
+
+    Works in-process any number of times (tests, benchmarks, notebooks) and leaves Hydra's global state as
+    it found it, so a later `@hydra.main` (or a call from inside one) is unaffected.
+
+    Raises:
+        hydra.errors.HydraException: unknown group options or keys, wrong types, choices outside an enum.
+        ConfigError: a value out of its range or a broken cross-field rule.
+    """
+    register_schemas()
+    global_hydra = GlobalHydra.instance()
+    outer = global_hydra.hydra  # set when called from inside a running @hydra.main job
+    global_hydra.clear()
+    try:
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra.compose(config_name="config", overrides=list(overrides))
+    finally:
+        # initialize_config_dir restores a copy of the (cleared) singleton; put the outer Hydra back on it
+        GlobalHydra.instance().hydra = outer
+    return from_dictconfig(cfg)
 
 
 def from_dictconfig(cfg: DictConfig) -> Config:
     """Turn Hydra's composed config into a validated `Config`; raises `ConfigError`."""
     config = OmegaConf.to_object(cfg)
     assert isinstance(config, Config)
+    _reject_added_keys(config)
     return config
 
 
 def config_from_yaml(text: str) -> Config:
-    """A validated `Config` from a resolved `config.yaml` (as logged with every search)."""
-    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
-    config = OmegaConf.to_object(merged)
+    """A validated `Config` from a resolved `config.yaml` (as logged with every search).
+
+    The data set's schema is chosen by `dataset.name`. Keys of other data sets' schemas are dropped: logs
+    written before each data set had its own schema carried every loader's fields.
+    """
+    loaded = OmegaConf.create(text)
+    assert isinstance(loaded, DictConfig)
+    name = OmegaConf.select(loaded, "dataset.name")
+    try:
+        schema = DATASET_SCHEMAS[DatasetName(name)]
+    except ValueError:
+        _fail("dataset.name", name, "one of " + ", ".join(DATASET_SCHEMAS))
+    own = {f.name for f in dataclasses.fields(schema)}
+    others = {f.name for s in DATASET_SCHEMAS.values() for f in dataclasses.fields(s)} - own
+    for key in others & set(loaded.dataset):
+        del loaded.dataset[key]
+    base = OmegaConf.structured(Config)
+    base.dataset = OmegaConf.structured(schema)
+    config = OmegaConf.to_object(OmegaConf.merge(base, loaded))
     assert isinstance(config, Config)
     return config
 
 
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key} must be {allowed}, got {value!r}.")
+# --- validation -----------------------------------------------------------------------------------
 
 
-def _check_range(key: str, value: float, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = True) -> None:
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if below or above:
-        left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        _fail(key, value, " and ".join(part for part in (left, right) if part))
+def _fail(key: str, value: Any, allowed: str) -> NoReturn:
+    shown = value.value if isinstance(value, Enum) else value  # 'csv', not <DatasetName.csv: 'csv'>
+    raise ConfigError(f"{key} must be {allowed}, got {shown!r}.")
 
 
-def _validate(config: Config) -> None:
-    _check_range("seed", config.seed, 0)
-    _check_range("verbose", config.verbose, 0, 2, high_open=False)
-    _validate_dataset(config.dataset)
-    _validate_model(config.model)
-    _validate_search(config.search)
+def _validate(obj: Any, prefix: str = "") -> None:
+    """Check every field's declared `Interval`, depth first through the nested schemas."""
+    for spec in dataclasses.fields(obj):
+        value = getattr(obj, spec.name)
+        key = prefix + spec.name
+        if dataclasses.is_dataclass(value):
+            _validate(value, key + ".")
+        elif value is not None and "range" in spec.metadata and value not in spec.metadata["range"]:
+            _fail(key, value, str(spec.metadata["range"]))
+
+
+def _reject_added_keys(obj: Any, prefix: str = "") -> None:
+    """Refuse keys added with `+key=value` that no schema field holds (OmegaConf would set them as stray attributes)."""
+    own = [spec.name for spec in dataclasses.fields(obj)]
+    for extra in sorted(set(vars(obj)) - set(own)):
+        where = prefix.rstrip(".") or "the config"
+        _fail(prefix + extra, getattr(obj, extra), f"removed: {where} has no such key (its keys: {', '.join(own)})")
+    for name in own:
+        if dataclasses.is_dataclass(getattr(obj, name)):
+            _reject_added_keys(getattr(obj, name), f"{prefix}{name}.")
+
+
+def _check_rules(config: Config) -> None:
+    """The rules a single field's range cannot express."""
+    _check_dataset(config.dataset)
+    for name, value in config.model.hyperparameters().items():
+        problem = check_value(name, value)
+        if problem:
+            raise ConfigError(f"model.{name} {problem}.")
     if not config.tracking.experiment.strip():
         _fail("tracking.experiment", config.tracking.experiment, "a non-empty name")
+    search = config.search
+    if search.dask.address is not None and not search.dask.address.strip():
+        _fail("search.dask.address", search.dask.address, "a scheduler address such as tcp://host:8786, or null")
+    if search.coarse.n_jobs == 0 or search.coarse.n_jobs < -1:
+        _fail("search.coarse.n_jobs", search.coarse.n_jobs, "a positive number of processes, or -1 for one per core")
+    if not search.coarse.space:
+        _fail("search.coarse.space", {}, "a mapping of at least one hyperparameter to its range")
+    for name, spec in search.coarse.space.items():
+        _to_param(name, spec)
+    host, _, port = search.fine.oracle.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail("search.fine.oracle", search.fine.oracle, "host:port with a port from 1 to 65535")
 
 
-def _validate_dataset(d: DatasetConfig) -> None:
-    if d.name not in DATASETS:
-        _fail("dataset.name", d.name, "one of " + ", ".join(DATASETS))
-    if d.task not in TASKS:
-        _fail("dataset.task", d.task, "one of " + ", ".join(TASKS))
-    _check_range("dataset.test_size", d.test_size, 0.0, 1.0, low_open=True)
-    if d.name == "csv":
+def _check_dataset(d: DatasetConfig) -> None:
+    expected = next((name for name, schema in DATASET_SCHEMAS.items() if type(d) is schema), None)
+    if expected is None:
+        _fail("dataset", type(d).__name__, "one of the data sets: " + ", ".join(DATASET_SCHEMAS))
+    if d.name != expected:
+        _fail("dataset.name", d.name, f"{expected} with dataset={expected} (pick a data set with dataset=<name>)")
+    if isinstance(d, CsvConfig):
         if not d.path:
             _fail("dataset.path", d.path, "the path of a CSV file when dataset=csv")
         if not d.target and not d.target_path:
             _fail("dataset.target", d.target, "a column name (or set dataset.target_path) when dataset=csv")
-    if d.name == "synthetic":
-        if d.generator not in GENERATORS:
-            _fail("dataset.generator", d.generator, "one of " + ", ".join(GENERATORS))
-        _check_range("dataset.n_samples", d.n_samples, 20)
-        _check_range("dataset.n_features", d.n_features, 2)
-        _check_range("dataset.n_classes", d.n_classes, 2)
-        _check_range("dataset.noise", d.noise, 0.0)
-    _check_range("dataset.num_words", d.num_words, 10)
-    if d.max_rows is not None:
-        _check_range("dataset.max_rows", d.max_rows, 20)
-
-
-def _validate_model(m: ModelConfig) -> None:
-    for name, value in m.hyperparameters().items():
-        problem = check_value(name, value)
-        if problem:
-            raise ConfigError(f"model.{name} {problem}.")
-    _check_range("model.patience", m.patience, 1)
-    _check_range("model.reduce_lr", m.reduce_lr, 0.0, 1.0, low_open=True, high_open=False)
-    _check_range("model.reduce_lr_patience", m.reduce_lr_patience, 1)
-    _check_range("model.validation_fraction", m.validation_fraction, 0.0, 0.5, low_open=True, high_open=False)
-    _check_range("model.steps_per_execution", m.steps_per_execution, 1)
-
-
-def _validate_search(s: SearchConfig) -> None:
-    if s.backend not in BACKENDS:
-        _fail("search.backend", s.backend, "one of " + ", ".join(BACKENDS))
-    if s.dask.address is not None and not s.dask.address.strip():
-        _fail("search.dask.address", s.dask.address, "a scheduler address such as tcp://host:8786, or null")
-    _check_range("search.dask.n_workers", s.dask.n_workers, 1)
-    _validate_coarse(s.coarse)
-    _validate_fine(s.fine)
-
-
-def _validate_coarse(c: CoarseConfig) -> None:
-    _check_range("search.coarse.n_iter", c.n_iter, 1)
-    _check_range("search.coarse.cv", c.cv, 2)
-    if c.n_jobs == 0 or c.n_jobs < -1:
-        _fail("search.coarse.n_jobs", c.n_jobs, "a positive number of processes, or -1 for one per core")
-    if not c.space:
-        _fail("search.coarse.space", {}, "a mapping of at least one hyperparameter to its range")
-    for name, spec in c.space.items():
-        _to_param(name, spec)
-
-
-def _validate_fine(f: FineConfig) -> None:
-    if f.kind not in FINE_KINDS:
-        _fail("search.fine.kind", f.kind, "one of " + ", ".join(FINE_KINDS))
-    _check_range("search.fine.max_params", f.max_params, 1)
-    _check_range("search.fine.top_fraction", f.top_fraction, 0.0, 1.0, low_open=True, high_open=False)
-    _check_range("search.fine.validation_fraction", f.validation_fraction, 0.0, 0.5, low_open=True, high_open=False)
-    _check_range("search.fine.executions_per_trial", f.executions_per_trial, 1)
-    _check_range("search.fine.points", f.points, 1)
-    _check_range("search.fine.max_epochs", f.max_epochs, 2)
-    _check_range("search.fine.factor", f.factor, 2)
-    _check_range("search.fine.hyperband_iterations", f.hyperband_iterations, 1)
-    _check_range("search.fine.workers", f.workers, 0)
-    host, _, port = f.oracle.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        _fail("search.fine.oracle", f.oracle, "host:port with a port from 1 to 65535")
 
 
 def _to_param(name: str, entry: Any) -> Param:

@@ -6,7 +6,6 @@ returned unscaled: scaling is fitted inside each fit on its training rows only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,16 @@ import pandas as pd
 from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
-from searchlab.config import DatasetConfig
+from searchlab.config import (
+    CsvConfig,
+    DatasetConfig,
+    DigitsConfig,
+    ImdbConfig,
+    MnistConfig,
+    SyntheticConfig,
+    SyntheticGenerator,
+    Task,
+)
 from searchlab.errors import DataError
 
 _MAX_CLASSES = 50  # an integer target with more distinct values than this is taken as regression
@@ -58,11 +66,11 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
     Raises:
         DataError: the data is missing, malformed or too small; the message says what and where.
     """
-    X, y, feature_names, name = _LOADERS[cfg.name](cfg, seed)
+    X, y, feature_names, name = _load(cfg, seed)
     X = _as_features(X, feature_names)
     if len(X) != len(y):
         raise DataError(f"{name}: {len(X)} feature rows but {len(y)} target values; they must match.")
-    task = _infer_task(y) if cfg.task == "auto" else cfg.task
+    task = _infer_task(y) if cfg.task is Task.auto else cfg.task.value
     class_names: tuple[str, ...] = ()
     if task == "regression":
         y = _numeric_target(y, name)
@@ -94,28 +102,44 @@ def check_cv_feasible(data: Dataset, cv: int) -> None:
 Loaded = tuple[np.ndarray | pd.DataFrame, np.ndarray, list[str], str]
 
 
-def _load_digits(cfg: DatasetConfig, seed: int) -> Loaded:
+def _load(cfg: DatasetConfig, seed: int) -> Loaded:
+    # dispatch on the schema's type: each loader sees only its own data set's fields, and mypy checks them
+    match cfg:
+        case DigitsConfig():
+            return _load_digits()
+        case CsvConfig():
+            return _load_csv(cfg)
+        case SyntheticConfig():
+            return _load_synthetic(cfg, seed)
+        case MnistConfig():
+            return _load_mnist(cfg, seed)
+        case ImdbConfig():
+            return _load_imdb(cfg, seed)
+    raise TypeError(f"no loader for {type(cfg).__name__}")  # a schema added to config.py without a loader
+
+
+def _load_digits() -> Loaded:
     bunch = skd.load_digits()
     return bunch.data, bunch.target, list(bunch.feature_names), "digits"
 
 
-def _load_synthetic(cfg: DatasetConfig, seed: int) -> Loaded:
+def _load_synthetic(cfg: SyntheticConfig, seed: int) -> Loaded:
     n, rng = cfg.n_samples, seed
-    if cfg.generator == "moons":
+    if cfg.generator is SyntheticGenerator.moons:
         X, y = skd.make_moons(n, noise=cfg.noise, random_state=rng)
-    elif cfg.generator == "circles":
+    elif cfg.generator is SyntheticGenerator.circles:
         X, y = skd.make_circles(n, noise=cfg.noise, factor=0.5, random_state=rng)
-    elif cfg.generator == "regression":
+    elif cfg.generator is SyntheticGenerator.regression:
         X, y = skd.make_regression(n, cfg.n_features, n_informative=max(2, cfg.n_features // 2),
                                    noise=cfg.noise * 100, random_state=rng)
     else:
         X, y = skd.make_classification(n, cfg.n_features, n_informative=max(2, cfg.n_features // 2),
                                        n_classes=cfg.n_classes, flip_y=cfg.noise / 10, random_state=rng)
-    return X, y, [f"x{i}" for i in range(X.shape[1])], f"synthetic-{cfg.generator}"
+    return X, y, [f"x{i}" for i in range(X.shape[1])], f"synthetic-{cfg.generator.value}"
 
 
-def _load_csv(cfg: DatasetConfig, seed: int) -> Loaded:
-    assert cfg.path is not None
+def _load_csv(cfg: CsvConfig) -> Loaded:
+    assert cfg.path is not None  # Config's rules require it
     path = Path(cfg.path).expanduser().resolve()
     table = _read_table(path, "dataset.path")
     if cfg.target_path:
@@ -138,7 +162,7 @@ def _load_csv(cfg: DatasetConfig, seed: int) -> Loaded:
     return features, y, [str(c) for c in features.columns], path.stem
 
 
-def _load_mnist(cfg: DatasetConfig, seed: int) -> Loaded:
+def _load_mnist(cfg: MnistConfig, seed: int) -> Loaded:
     import keras
 
     (x_a, y_a), (x_b, y_b) = keras.datasets.mnist.load_data()
@@ -148,7 +172,7 @@ def _load_mnist(cfg: DatasetConfig, seed: int) -> Loaded:
     return X, y, [f"pixel{i}" for i in range(X.shape[1])], "mnist"
 
 
-def _load_imdb(cfg: DatasetConfig, seed: int) -> Loaded:
+def _load_imdb(cfg: ImdbConfig, seed: int) -> Loaded:
     import keras
 
     (x_a, y_a), (x_b, y_b) = keras.datasets.imdb.load_data(num_words=cfg.num_words)
@@ -159,15 +183,6 @@ def _load_imdb(cfg: DatasetConfig, seed: int) -> Loaded:
         X[row, [i for i in sequence if i < cfg.num_words]] = 1.0
     X, y = _subsample(X, y, cfg.max_rows, seed)
     return X, y, [f"word{i}" for i in range(cfg.num_words)], "imdb"
-
-
-_LOADERS: dict[str, Callable[[DatasetConfig, int], Loaded]] = {
-    "digits": _load_digits,
-    "synthetic": _load_synthetic,
-    "csv": _load_csv,
-    "mnist": _load_mnist,
-    "imdb": _load_imdb,
-}
 
 
 def _subsample(X: np.ndarray, y: np.ndarray, max_rows: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from searchlab.config import Config
+from searchlab.config import Config, CsvConfig, DigitsConfig, SyntheticConfig, SyntheticGenerator, Task
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import DataError
 
@@ -78,6 +78,24 @@ def test_synthetic_multiclass(make_config: MakeConfig) -> None:
     """`dataset.n_classes` above two gives a multiclass task."""
     data = _load(make_config, "dataset=synthetic", "dataset.n_classes=4", "dataset.n_samples=200")
     assert data.task == "multiclass" and data.n_classes == 4
+
+
+def test_loaders_take_their_typed_config_without_hydra() -> None:
+    """Each data set's schema can be built in Python and loaded; the task comes back as a plain string."""
+    digits = load_dataset(DigitsConfig(test_size=0.5), 0)
+    assert digits.name == "digits" and len(digits.y_test) == 899
+    data = load_dataset(SyntheticConfig(generator=SyntheticGenerator.regression, n_samples=100, n_features=4), 0)
+    assert data.name == "synthetic-regression" and data.n_features == 4
+    assert type(data.task) is str and data.task == "regression"
+    explicit = load_dataset(SyntheticConfig(task=Task.binary, n_samples=100), 0)
+    assert type(explicit.task) is str and explicit.task == "binary"
+
+
+def test_csv_config_built_in_python(tmp_path: Path) -> None:
+    """A `CsvConfig` needs nothing but its own fields."""
+    _labelled().to_csv(tmp_path / "t.csv", index=False)
+    data = load_dataset(CsvConfig(path=str(tmp_path / "t.csv"), target="label"), 0)
+    assert data.task == "binary" and data.feature_names == ("a", "b", "c")
 
 
 # --- csv --------------------------------------------------------------------------------------
