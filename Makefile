@@ -26,9 +26,11 @@ search: install
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadscope $(PYTEST_ARGS)
 
+# bench/ has no __init__.py: mypy names its scripts by file (compare, compare_budget, ...), so their
+# imports of one another (`from compare_budget import ...`) resolve as they do when a script runs.
 lint: install
 	$(BIN)/ruff check searchlab tests bench
-	$(BIN)/mypy searchlab
+	$(BIN)/mypy searchlab bench
 
 # searchlab against RandomizedSearchCV, KerasTuner Hyperband and HalvingRandomSearchCV (hours; ARGS=--quick: minutes).
 bench: install

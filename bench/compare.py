@@ -1,7 +1,10 @@
 """searchlab against plain scikit-learn and KerasTuner searches, side by side on the same data.
 
     .venv/bin/python bench/compare.py [--quick] [--data-dir DIR] [--datasets NAME ...] [hydra overrides]
-    make bench ARGS=--quick
+    make bench ARGS="--quick --data-dir DIR"
+
+The shared data sets (<name>_feats.csv / <name>_target.csv) are read from --data-dir, else from the
+folder in $SEARCHLAB_BENCH_DATA; digits alone needs neither.
 
 Per data set, every method gets the same held-out test split (`load_dataset` with the same seed)
 and about the same planned number of training epochs, B, taken from searchlab's grid settings:
@@ -27,6 +30,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -39,17 +44,20 @@ from typing import Any
 
 import numpy as np
 from compare_budget import make_plan
-from compare_methods import METHODS, Bench, MethodResult, Trace, compose_config, run_method
+from compare_methods import METHODS, Bench, MethodResult, Trace, run_method
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from searchlab.cli import _silence_native_stderr
-from searchlab.config import PROJECT_ROOT, register_schemas
+from searchlab.config import compose
+from searchlab.console import format_duration, silence_native_stderr
 from searchlab.data import check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, SearchlabError
 from searchlab.metrics import scoring_for
-from searchlab.progress import format_duration
+from searchlab.records import ERROR_TAG
 from searchlab.tracking import Tracker
+
+DATA_ENV = "SEARCHLAB_BENCH_DATA"  # the shared data folder, when --data-dir is not given
+RESULTS = Path(__file__).resolve().parent / "results"
 
 SHARED = ("avila-tr", "tree_class", "traffic_volume")
 TASKS = {"avila-tr": "binary", "tree_class": "binary", "traffic_volume": "regression"}
@@ -125,14 +133,20 @@ def report(bench: Bench, results: Sequence[MethodResult], out: Path, prefix: str
         tags = {"bench.run": "method", "bench.method": r.method}
         if r.search_run_id:
             tags["bench.search_run_id"] = r.search_run_id
+        if r.error:
+            tags[ERROR_TAG] = r.error[:5000]
         running = (np.fmin if bench.scoring.negated else np.fmax).accumulate(
             [bench.scoring.to_metric(s) for _, s in r.trace] or [math.nan])
-        tracker.log_trial(parent, r.method, tags, {**r.settings, **{f"best.{k}": v for k, v in r.best_params.items()}},
-                          metrics, {f"best_so_far_{bench.scoring.display_name}": list(running)},
-                          r.started, r.started + r.wall_time, r.error)
-    tracker.log(parent, tags={"mlflow.note.content": text})
-    for suffix in (".md", ".json", ".png"):
-        tracker.client.log_artifact(parent, str(stem.with_suffix(suffix)))
+        tracker.log_finished_run(parent, r.method, tags=tags,
+                                 params={**r.settings, **{f"best.{k}": v for k, v in r.best_params.items()}},
+                                 metrics=metrics,
+                                 curves={f"best_so_far_{bench.scoring.display_name}": [float(v) for v in running]},
+                                 start_time=r.started, end_time=r.started + r.wall_time, failed=r.error is not None)
+    tracker.set_description(parent, text)
+    with tempfile.TemporaryDirectory() as folder:  # the three files alone, not the rest of `out`
+        for suffix in (".md", ".json", ".png"):
+            shutil.copy(stem.with_suffix(suffix), folder)
+        tracker.log_artifacts(parent, Path(folder), "")
     return text
 
 
@@ -220,14 +234,15 @@ def targets_report(all_results: dict[str, list[MethodResult]], quick: bool) -> s
 
 # -- command line -------------------------------------------------------------------------------
 
-def dataset_overrides(name: str, data_dir: Path) -> tuple[str, ...] | str:
-    """Hydra overrides selecting data set `name`, or why it is unavailable."""
+def dataset_overrides(name: str, data_dir: Path | None) -> tuple[str, ...] | str:
+    """Hydra overrides selecting data set `name` (the shared ones from `data_dir`), or why it is unavailable."""
     if name == "digits":
         return ("dataset=digits",)
+    assert data_dir is not None, "parse_args asks for the data folder when a shared data set is chosen"
     feats, target = data_dir / f"{name}_feats.csv", data_dir / f"{name}_target.csv"
     missing = [str(p) for p in (feats, target) if not p.is_file()]
     if missing:
-        return f"skipping {name}: {', '.join(missing)} not found (point --data-dir at the shared data folder)"
+        return f"skipping {name}: {', '.join(missing)} not found (is {data_dir} the shared data folder?)"
     return ("dataset=csv", f"dataset.path='{feats}'", f"dataset.target_path='{target}'", f"dataset.task={TASKS[name]}",
             f"search.coarse.scoring={SCORING[name]}")
 
@@ -235,43 +250,48 @@ def dataset_overrides(name: str, data_dir: Path) -> tuple[str, ...] | str:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny budgets, digits + avila-tr: under 10 minutes")
-    parser.add_argument("--data-dir", type=Path, default=PROJECT_ROOT.parent / "shared" / "data",
-                        help="folder with the shared <name>_feats.csv / <name>_target.csv files")
+    parser.add_argument("--data-dir", type=Path, help="folder with the shared <name>_feats.csv / <name>_target.csv "
+                        f"files (default: ${DATA_ENV}); not needed for digits alone")
     parser.add_argument("--datasets", nargs="+", choices=("digits", *SHARED), help="default: all (--quick: "
                         + " ".join(QUICK_DATASETS) + ")")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tracking-uri", help="MLflow store (default: the project's mlruns/mlflow.db)")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: as configured; ./mlruns/mlflow.db)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="default: results/ beside this script")
     parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's and the workers' console chatter")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every method, e.g. model.patience=3")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.datasets = args.datasets or list(QUICK_DATASETS if args.quick else ("digits", *SHARED))
+    shared = [name for name in args.datasets if name in SHARED]
+    if args.data_dir is None and os.environ.get(DATA_ENV):
+        args.data_dir = Path(os.environ[DATA_ENV])
+    if shared and args.data_dir is None:
+        parser.error(f"the shared data sets ({', '.join(shared)}) are read from a folder: give --data-dir DIR or set "
+                     f"{DATA_ENV}=DIR (--datasets digits needs neither)")
+    if shared and not args.data_dir.is_dir():
+        parser.error(f"the shared data folder {args.data_dir} (--data-dir or {DATA_ENV}) does not exist")
+    if args.data_dir is not None:
+        args.data_dir = args.data_dir.resolve()
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed `make bench` ends its MLflow runs KILLED
     if not args.verbose:
-        _silence_native_stderr()  # as the searchlab command: TensorFlow's C++ and worker-process chatter
+        silence_native_stderr()  # as the searchlab command: TensorFlow's C++ and worker-process chatter
         for noisy in ("tensorflow", "absl", "mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)  # Hyperband resumes
-    register_schemas()
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = "compare-quick" if args.quick else "compare"
     common = (*(QUICK if args.quick else ()), *args.overrides, f"seed={args.seed}",
               *([f"tracking.uri='{args.tracking_uri}'"] if args.tracking_uri else []))
-    names = args.datasets or (QUICK_DATASETS if args.quick else ("digits", *SHARED))
-    data_dir = args.data_dir.resolve()
-    if not data_dir.is_dir() and set(names) & set(SHARED):
-        print(f"bench: no shared data folder at {data_dir}; skipping {', '.join(n for n in names if n in SHARED)} "
-              "(point --data-dir at it).")
-        names = [n for n in names if n not in SHARED]
     started = time.time()
     all_results: dict[str, list[MethodResult]] = {}
     tables = []
-    for name in names:
-        overrides = dataset_overrides(name, data_dir)
+    for name in args.datasets:
+        overrides = dataset_overrides(name, args.data_dir)
         if isinstance(overrides, str):
             print(f"bench: {overrides}")
             continue
@@ -292,7 +312,7 @@ def bench_dataset(name: str, overrides: tuple[str, ...], methods: Sequence[str],
                   quick: bool) -> tuple[str, list[MethodResult]] | None:
     """Every method on one data set, reported and tracked: (table, results), or None if the data is unusable."""
     try:
-        config = compose_config(*overrides)
+        config = compose(*overrides)
         data = replace(load_dataset(config.dataset, config.seed), name=name)
         check_cv_feasible(data, config.search.coarse.cv)
         scoring = scoring_for(data.task, config.search.coarse.scoring)
@@ -340,5 +360,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (KeyboardInterrupt, SearchInterrupted):
-        print("bench: interrupted; the finished data sets' results are in bench/results/.", file=sys.stderr)
+        print("bench: interrupted; the finished data sets' results are in the --out folder (bench/results/).",
+              file=sys.stderr)
         sys.exit(130)

@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,31 +22,24 @@ import keras
 import keras_tuner as kt
 import numpy as np
 from compare_budget import Plan
-from hydra import compose, initialize_config_dir
 from joblib.externals.loky import get_reusable_executor
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingRandomSearchCV)
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV
 
 from searchlab import pipeline
-from searchlab.coarse import (
-    _find_net,
-    _threads_per_worker,
-    _workers,
-    make_cv,
-    make_estimator,
-    param_key,
-    silence_fit_warnings,
-)
-from searchlab.config import CONF_DIR, Config, from_dictconfig
+from searchlab.coarse import find_net, make_cv, make_estimator, param_key, sampler_seed, silence_fit_warnings
+from searchlab.config import Config, compose
+from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.errors import SearchInterrupted
 from searchlab.final import best_epoch_count, refit_and_test
-from searchlab.fine import validation_split
+from searchlab.fine import ScaledSplit, scaled_splits
+from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring
 from searchlab.model import (
-    Scalers,
     build_model,
+    diverged,
     fit_model,
     replay_learning_rate,
     split_hyperparameters,
@@ -57,12 +50,6 @@ from searchlab.space import Param
 METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search")
 SEARCHLAB_EXPERIMENT = "bench-searchlab"  # the searchlab methods' own run trees
 Trace = list[tuple[float, float]]  # (seconds since the method started, validation score) per finished trial
-
-
-def compose_config(*overrides: str) -> Config:
-    """The project's real `conf/` with Hydra overrides, validated."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return from_dictconfig(compose("config", overrides=list(overrides)))
 
 
 @dataclass(frozen=True)
@@ -88,6 +75,11 @@ class Bench:
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    @property
+    def ctx(self) -> SearchContext:
+        """What searchlab's stages take: the same data, metric, training settings and seed."""
+        return SearchContext(self.data, self.scoring, self.config.model, self.seed)
 
 
 @dataclass(frozen=True)
@@ -136,7 +128,7 @@ def run_searchlab(bench: Bench, kind: str, started: float) -> MethodResult:
              "verbose=0"]
     if kind == "hyperband":
         extra.append(f"search.fine.hyperband_iterations={bench.plan.hyperband_iterations}")
-    config = compose_config(*bench.overrides, *extra)
+    config = compose(*bench.overrides, *extra)
     result = pipeline.run(config)
     coarse, fine = result.coarse, result.fine
     fine_trials = (*fine.trials, fine.coarse_winner)
@@ -174,7 +166,7 @@ class FoldRecorder:
 
     def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
         score = float(self.scorer(estimator, X, y))
-        history = _find_net(estimator).history_
+        history = find_net(estimator).history_
         params = estimator.get_params()
         record = {"key": candidate_key({k: params[k] for k in self.keys}), "time": time.time(), "score": score,
                   "epochs": len(history.get("loss", [])),
@@ -199,10 +191,9 @@ def run_random_search(bench: Bench, started: float) -> MethodResult:
     distributions = _distributions(bench, skip=())
     recorder = FoldRecorder(bench.scoring, list(distributions), _fresh_dir(bench.workdir / "random-search"))
     search = RandomizedSearchCV(
-        make_estimator(bench.data, bench.defaults, bench.config.model, bench.scoring, bench.seed), distributions,
-        n_iter=bench.plan.random_n_iter, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
-        n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
-        refit=False, error_score=np.nan, return_train_score=False)
+        make_estimator(bench.ctx), distributions, n_iter=bench.plan.random_n_iter, scoring=recorder,
+        cv=make_cv(bench.data, coarse.cv, bench.seed), n_jobs=coarse.n_jobs,
+        random_state=sampler_seed(coarse, bench.seed), refit=False, error_score=np.nan, return_train_score=False)
     settings = {"n_iter": bench.plan.random_n_iter, "cv": coarse.cv, "epochs": bench.plan.epochs}
     return _sklearn_search(bench, "random-search", search, recorder, settings, started)
 
@@ -215,11 +206,11 @@ def run_halving(bench: Bench, started: float) -> MethodResult:
     recorder = FoldRecorder(bench.scoring, [*distributions, resource],
                             _fresh_dir(bench.workdir / "halving-random-search"))
     search = HalvingRandomSearchCV(
-        make_estimator(bench.data, bench.defaults, bench.config.model, bench.scoring, bench.seed), distributions,
+        make_estimator(bench.ctx), distributions,
         n_candidates=bench.plan.halving_candidates, resource=resource, max_resources=bench.plan.epochs,
         min_resources="exhaust", factor=factor, scoring=recorder, cv=make_cv(bench.data, coarse.cv, bench.seed),
-        n_jobs=coarse.n_jobs, random_state=bench.seed if coarse.random_state is None else coarse.random_state,
-        refit=False, error_score=np.nan, return_train_score=False)  # halving scores the train folds by default
+        n_jobs=coarse.n_jobs, random_state=sampler_seed(coarse, bench.seed), refit=False, error_score=np.nan,
+        return_train_score=False)  # halving scores the train folds by default
     settings = {"n_candidates": bench.plan.halving_candidates, "factor": factor, "max_resources": bench.plan.epochs,
                 "cv": coarse.cv}
     result = _sklearn_search(bench, "halving-random-search", search, recorder, settings, started)
@@ -230,7 +221,8 @@ def run_halving(bench: Bench, started: float) -> MethodResult:
 def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecorder, settings: dict[str, Any],
                     started: float) -> MethodResult:
     """Fit a scikit-learn search as searchlab's coarse stage would, then refit its best on all training rows."""
-    with _threads_per_worker(_workers(search.n_jobs)), warnings.catch_warnings():
+    workers = (os.cpu_count() or 1) if search.n_jobs == -1 else search.n_jobs  # as the coarse stage counts them
+    with worker_thread_env(workers), warnings.catch_warnings():
         silence_fit_warnings()  # failed fits score NaN, as in searchlab
         search.fit(bench.data.X_train, bench.data.y_train)
     by_key: dict[str, list[dict[str, Any]]] = {}
@@ -268,45 +260,38 @@ class WideHyperModel(kt.HyperModel):
     Hyperband owns the epoch count, so `epochs` is never declared.
     """
 
-    def __init__(self, bench: Bench, split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
+    def __init__(self, bench: Bench, splits: Mapping[str, ScaledSplit]) -> None:
         super().__init__()
-        self.bench, self.split = bench, split  # (X_fit, y_fit, X_val, y_val), unscaled
-        self.target_scale = Scalers.fit(split[0], split[1], bench.data.task, "standard").target_scale  # any scaling
-        self._scaled: dict[str, tuple[np.ndarray, ...]] = {}
+        self.bench = bench
+        self.splits = splits  # the fine stage's fixed split, scaled each way the space allows (`scaled_splits`)
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
         declared = {name: param.declare(hp) for name, param in self.bench.space.items() if name != "epochs"}
         return {**self.bench.defaults, **declared}
 
-    def scaled(self, scaling: str) -> tuple[np.ndarray, ...]:
-        """The split with features scaled as `scaling` says (fitted on the fit rows), computed once."""
-        if scaling not in self._scaled:
-            X_fit, y_fit, X_val, y_val = self.split
-            scalers = Scalers.fit(X_fit, y_fit, self.bench.data.task, scaling)
-            self._scaled[scaling] = (*scalers.transform(X_fit, y_fit), *scalers.transform(X_val, y_val))
-        return self._scaled[scaling]
-
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         keras.utils.set_random_seed(self.bench.seed)  # as searchlab's fine stage: same start for equal shapes
         values = self.values(hp)
         build, _ = split_hyperparameters(values)
-        data = self.bench.data
-        return build_model(n_features=self.scaled(values["scaling"])[0].shape[1], task=data.task,
-                           n_classes=data.n_classes, steps_per_execution=self.bench.config.model.steps_per_execution,
-                           target_scale=self.target_scale, **build)
+        split, data = self.splits[values["scaling"]], self.bench.data
+        return build_model(n_features=split.X_fit.shape[1], task=data.task, n_classes=data.n_classes,
+                           steps_per_execution=self.bench.config.model.steps_per_execution,
+                           target_scale=split.target_scale, **build)
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, epochs: int, initial_epoch: int = 0,
             callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 0, **kwargs: Any) -> Any:
-        """The split scaled as the trial's `scaling` says (the tuner passes it unscaled), then through searchlab's
-        tf.data input pipeline (`fit_model`), as every other method trains: fed NumPy arrays, Keras 3 re-wraps
-        them every epoch (~4x the time per epoch, bench/speed.py)."""
+        """The split scaled as the trial's `scaling` says, through searchlab's tf.data input pipeline
+        (`fit_model`), as every other method trains: fed NumPy arrays, Keras 3 re-wraps them every epoch
+        (~4x the time per epoch, bench/speed.py). The tuner passes no data: the hypermodel holds it."""
         values = self.values(hp)
         _, fit = split_hyperparameters(values)
-        x, y, *validation = self.scaled(values["scaling"])
-        history = fit_model(model, x, y, validation=tuple(validation), batch_size=fit["batch_size"], epochs=epochs,
-                            initial_epoch=initial_epoch, seed=self.bench.seed, callbacks=callbacks, verbose=verbose)
-        if not all(math.isfinite(v) for v in history.history.get("loss", [])):
-            raise kt.errors.FailedTrialError("training loss became NaN or infinite")
+        split = self.splits[values["scaling"]]
+        history = fit_model(model, split.X_fit, split.y_fit, validation=(split.X_val, split.y_val),
+                            batch_size=fit["batch_size"], epochs=epochs, initial_epoch=initial_epoch,
+                            seed=self.bench.seed, callbacks=callbacks, verbose=verbose)
+        problem = diverged(history.history.get("loss", []), initial_epoch)
+        if problem:
+            raise kt.errors.FailedTrialError(problem)
         return history
 
 
@@ -334,15 +319,15 @@ class RecordingHyperband(kt.Hyperband):
 def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     """KerasTuner Hyperband alone over the coarse space, on searchlab's fine-stage validation split."""
     data, fine, scoring = bench.data, bench.config.search.fine, bench.scoring
-    X_fit, X_val, y_fit, y_val = validation_split(data, fine.validation_fraction, bench.seed)
-    hypermodel = WideHyperModel(bench, (X_fit, y_fit, X_val, y_val))
+    scaling = bench.space.get("scaling")
+    scalings = scaling.values if scaling is not None else (bench.defaults["scaling"],)
+    hypermodel = WideHyperModel(bench, scaled_splits(data, fine.validation_fraction, bench.seed, scalings))
     tuner = RecordingHyperband(
         hypermodel, objective=kt.Objective(scoring.val_key, scoring.direction), val_key=scoring.val_key,
         max_epochs=bench.plan.epochs, factor=fine.factor, hyperband_iterations=bench.plan.kt_iterations,
         seed=bench.seed, max_consecutive_failed_trials=10**9, directory=str(bench.workdir), project_name="kerastuner",
         overwrite=True)
-    tuner.search(X_fit, y_fit, validation_data=(X_val, y_val), verbose=0,
-                 callbacks=training_callbacks(bench.config.model, scoring.val_key, scoring.direction))
+    tuner.search(verbose=0, callbacks=training_callbacks(bench.config.model, scoring.val_key, scoring.direction))
     trials = tuner.oracle.trials
     trace = sorted((tuner.ended[tid] - started, scoring.to_score(t.score) if t.score is not None else math.nan)
                    for tid, t in trials.items() if tid in tuner.ended)
@@ -364,8 +349,7 @@ def _refit(bench: Bench, params: dict[str, Any], epochs: int, learning_rates: ke
            ) -> tuple[dict[str, float], int]:
     """Test metrics of `params` refit on all training rows (at `learning_rates`), and the epochs that refit
     trained."""
-    final = refit_and_test(bench.data, {**bench.defaults, **params}, epochs, bench.config.model, bench.seed,
-                           learning_rates=learning_rates)
+    final = refit_and_test(bench.ctx, {**bench.defaults, **params}, epochs, learning_rates=learning_rates)
     return _test_metrics(final.test_metrics), len(final.history.get("loss", []))
 
 

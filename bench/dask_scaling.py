@@ -13,10 +13,9 @@ import argparse
 import os
 import time
 
-from hydra import compose, initialize_config_dir
-
 from searchlab.coarse import run_coarse
-from searchlab.config import CONF_DIR, Config, DaskConfig, from_dictconfig, register_schemas
+from searchlab.config import Config, DaskConfig, compose
+from searchlab.context import SearchContext
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
 
@@ -24,10 +23,10 @@ from searchlab.metrics import scoring_for
 def coarse_seconds(config: Config, n_workers: int) -> tuple[float, int]:
     """Wall time of the coarse stage on a local cluster of `n_workers`, and how many candidates succeeded."""
     data = load_dataset(config.dataset, config.seed)
-    scoring = scoring_for(data.task, config.search.coarse.scoring)
+    ctx = SearchContext(data, scoring_for(data.task, config.search.coarse.scoring), config.model, config.seed)
     started = time.perf_counter()
-    result = run_coarse(data, config.coarse_space(), config.model.hyperparameters(), config.search.coarse,
-                        config.model, scoring, config.seed, dask=DaskConfig(address=None, n_workers=n_workers))
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse,
+                        dask=DaskConfig(address=None, n_workers=n_workers))
     return time.perf_counter() - started, len(result.completed)
 
 
@@ -37,11 +36,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per fit (default 5)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. search.coarse.cv=2")
     args = parser.parse_args()
-    register_schemas()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"search.coarse.n_iter={args.n_iter}", f"model.epochs={args.epochs}",
-                                           "verbose=0", *args.overrides])
-    config = from_dictconfig(cfg)
+    config = compose(f"search.coarse.n_iter={args.n_iter}", f"model.epochs={args.epochs}", "verbose=0",
+                     *args.overrides)
     fits = config.search.coarse.n_iter * config.search.coarse.cv
     print(f"coarse stage on {config.dataset.name}: {config.search.coarse.n_iter} candidates x "
           f"{config.search.coarse.cv} folds = {fits} fits of up to {config.model.epochs} epochs; "

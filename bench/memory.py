@@ -1,33 +1,42 @@
 """Memory over a long search: resident memory after trial 5 and after the last trial.
 
-    .venv/bin/python bench/memory.py [hydra overrides]
+    .venv/bin/python bench/memory.py [hydra overrides]   # after the defaults below, so they win
 
 Runs a search of 100+ trials (60 coarse candidates on the default worker processes, then a
-4 x 4 x 3 fine grid + the coarse winner in the main process) on digits with short training,
-samples the resident memory of the main process and of the whole process tree (workers included)
-after every trial and prints the figures (also as JSON under bench/results/).
-Not a test: it takes several minutes.
+4 x 4 x 3 fine grid + the coarse winner in the fine stage's worker process) on digits with short
+training, samples the resident memory of the main process and of the whole process tree (workers
+included) after every trial, from a `SearchCallback` given to `pipeline.run`, and prints the figures
+(also as JSON in bench/results/memory.json). Not a test: it takes several minutes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from hydra import compose, initialize_config_dir
-
-from searchlab import pipeline, progress
-from searchlab.config import CONF_DIR, from_dictconfig, register_schemas
+from searchlab import pipeline
+from searchlab.callbacks import SearchCallback, TrialEnd
+from searchlab.config import compose
 
 OVERRIDES = [
     "search.coarse.n_iter=60", "search.coarse.cv=2",
     "search.fine.max_params=3", "search.fine.points=4", "model.epochs=6", "model.patience=2",
-    "'search.coarse.space.optimizer.values=[adam,rmsprop]'", "verbose=0",
+    "search.coarse.space.optimizer.values=[adam,rmsprop]", "verbose=0",
 ]
+
+
+class MemorySampler(SearchCallback):
+    """After every trial: (stage, trial number, main process RSS, process tree RSS), in MiB."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[str, int, float, float]] = []
+
+    def on_trial_end(self, trial: TrialEnd) -> None:
+        self.samples.append((trial.stage, len(self.samples) + 1, rss_mib(), tree_rss_mib()))
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -56,35 +65,30 @@ def tree_rss_mib() -> float:
     return sum(rss_mib(pid) for pid in tree)
 
 
-def main(extra: list[str]) -> None:
-    samples: list[tuple[str, int, float, float]] = []
-    original = progress.StageProgress.trial
-
-    def measured(self: progress.StageProgress, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-        samples.append((self.stage, len(samples) + 1, rss_mib(), tree_rss_mib()))
-
-    progress.StageProgress.trial = measured  # type: ignore[method-assign]
-    register_schemas()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides after the defaults, e.g. search.coarse.n_iter=8")
+    args = parser.parse_args()
+    sampler = MemorySampler()
     with TemporaryDirectory() as store:
-        overrides = [o.strip("'") for o in OVERRIDES] + [f"tracking.uri=sqlite:///{store}/mlflow.db"] + extra
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            config = from_dictconfig(compose("config", overrides=overrides))
+        overrides = [*OVERRIDES, f"tracking.uri=sqlite:///{store}/mlflow.db", *args.overrides]
+        config = compose(*overrides)
         started = time.time()
-        pipeline.run(config)
+        pipeline.run(config, callbacks=[sampler])
         wall = time.time() - started
+    samples = sampler.samples
     report: dict[str, object] = {"trials": len(samples)}
-    for label, column in (("main", 2), ("tree", 3)):
-        fifth, last = samples[4][column], samples[-1][column]
+    for label, column in (("main", [s[2] for s in samples]), ("tree", [s[3] for s in samples])):
+        fifth, last = column[min(4, len(column) - 1)], column[-1]
         report |= {f"{label}_rss_after_trial_5_mib": round(fifth, 1), f"{label}_rss_after_last_mib": round(last, 1),
-                   f"{label}_growth_mib": round(last - fifth, 1),
-                   f"{label}_peak_mib": round(max(s[column] for s in samples), 1)}
-    report |= {"wall_s": round(wall, 1), "overrides": overrides[:-1], "samples": samples}
-    out = Path(__file__).parent / "results" / "memory.json"
+                   f"{label}_growth_mib": round(last - fifth, 1), f"{label}_peak_mib": round(max(column), 1)}
+    report |= {"wall_s": round(wall, 1), "overrides": [o for o in overrides if not o.startswith("tracking.uri=")],
+               "samples": samples}
+    out = Path(__file__).resolve().parent / "results" / "memory.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print({k: v for k, v in report.items() if k != "samples"})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -10,8 +10,10 @@
    and with XLA), and the cost of writing one trial run to MLflow (one batch).
 3. Both cores: the coarse stage with n_jobs=1 against n_jobs=2, same candidates.
 4. Tracking on vs off: a default search's wall time (--quick: the smoke search) against the same
-   minus the time spent in MLflow calls and in making the plots that only MLflow gets (every `Tracker`
-   method timed, outermost calls only; the store exists beforehand, as for every search after the first).
+   minus the time spent writing to MLflow and making the plots that only MLflow gets, read from the
+   search's callbacks (`search_timing.py`: opening the runs, each trial run, closing the fine stage, the
+   result; not the coarse stage's closing, which callbacks cannot tell from its workers' teardown; the
+   store exists beforehand, as for every search after the first).
 
 Data: digits training split (1,437 rows x 64), a 2 x 128 ReLU MLP with input noise, L1+L2 and dropout
 (a typical coarse candidate), batch 64. Results go to
@@ -25,31 +27,26 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from hydra import compose, initialize_config_dir
-from tracking_server import tracker_time
+from search_timing import timed_search, warm_up
 
-from searchlab import pipeline
 from searchlab.coarse import SearchlabClassifier, run_coarse
-from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+from searchlab.config import compose
+from searchlab.context import SearchContext
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
 from searchlab.model import Scalers, build_model, fit_model, training_callbacks
 from searchlab.tracking import Tracker
 
-HP = dict(units=128, layers=2, dropout=0.1, l1=1e-5, l2=1e-4, noise=0.1, learning_rate=1e-3, optimizer="adam",
-          activation="relu")
+HP: dict[str, Any] = dict(units=128, layers=2, dropout=0.1, l1=1e-5, l2=1e-4, noise=0.1, learning_rate=1e-3,
+                          optimizer="adam", activation="relu")
 BATCH = 64
-
-
-def config(*overrides: str) -> Config:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return from_dictconfig(compose("config", overrides=list(overrides)))
 
 
 def epoch_times(history_times: list[float]) -> float:
@@ -86,7 +83,7 @@ def per_epoch(X: np.ndarray, y: np.ndarray, epochs: int, repeats: int) -> dict[s
         return model
 
     def callbacks(timer: _EpochTimer) -> list[keras.callbacks.Callback]:
-        early = training_callbacks(config().model)
+        early = training_callbacks(compose().model)
         early[0].patience = epochs  # measure every epoch
         return [*early, timer]
 
@@ -138,45 +135,50 @@ def tracking_cost(trials: int) -> float:
     with tempfile.TemporaryDirectory() as store:
         tracker = Tracker(f"sqlite:///{store}/mlflow.db", "bench")
         parent = tracker.start_run("bench", {})
-        curves = {k: list(np.linspace(1, 0, 30)) for k in ("loss", "val_loss", "accuracy", "val_accuracy",
-                                                          "log_loss", "val_log_loss")}
+        curves = {k: [float(v) for v in np.linspace(1, 0, 30)]
+                  for k in ("loss", "val_loss", "accuracy", "val_accuracy", "log_loss", "val_log_loss")}
         start = time.perf_counter()
         for i in range(trials):
-            tracker.log_trial(parent, f"t{i}", {"searchlab.run": "trial"}, HP, {"a": 1.0, "b": 2.0, "c": 3, "d": 4},
-                              curves, time.time(), time.time())
+            tracker.log_finished_run(parent, f"t{i}", tags={"bench.run": "trial"}, params=HP,
+                                     metrics={"a": 1.0, "b": 2.0, "c": 3, "d": 4}, curves=curves,
+                                     start_time=time.time(), end_time=time.time())
         return (time.perf_counter() - start) / trials
 
 
 def coarse_parallel(quick: bool) -> dict[str, float]:
     n_iter = 4 if quick else 8
-    cfg = config(f"search.coarse.n_iter={n_iter}", "model.epochs=15")
+    cfg = compose(f"search.coarse.n_iter={n_iter}", "model.epochs=15")
     data = load_dataset(cfg.dataset, cfg.seed)
-    scoring = scoring_for(data.task, None)
+    ctx = SearchContext(data, scoring_for(data.task, None), cfg.model, cfg.seed)
     times = {}
     for jobs in (1, 2):
-        settings = cfg.search.coarse
-        settings.n_jobs = jobs
         start = time.perf_counter()
-        run_coarse(data, cfg.coarse_space(), cfg.model.hyperparameters(), settings, cfg.model, scoring, cfg.seed)
+        run_coarse(ctx, cfg.coarse_space(), replace(cfg.search.coarse, n_jobs=jobs))
         times[jobs] = time.perf_counter() - start
     return {"coarse_n_jobs_1_s": times[1], "coarse_n_jobs_2_s": times[2], "parallel_speedup": times[1] / times[2]}
 
 
 def tracking_share(quick: bool) -> dict[str, float]:
-    """A whole search (default budgets on digits; --quick: the smoke search) with every `Tracker` call and
-    the plot making (only MLflow needs the plots) timed, outermost calls only: wall time with tracking against
-    the same minus that time. Also the time per call name (`tracking.<name>_s`)."""
+    """A whole search (default budgets on digits; --quick: the smoke search) timed from its callbacks: wall time
+    with tracking against the same minus the time spent writing to the store and making the plots only MLflow
+    gets (`search_timing.timed_search`; a lower bound). Also that time by part (`tracking.<part>_s`), each
+    stage's wall time and the coarse stage's closing (its workers' teardown, then its writes)."""
     overrides = ["experiment=smoke"] if quick else []
     with tempfile.TemporaryDirectory() as store:
         uri = f"sqlite:///{store}/mlflow.db"
+        config = compose(*overrides, f"tracking.uri={uri}", "verbose=0")
+        data = load_dataset(config.dataset, config.seed)
         Tracker(uri, "searchlab")  # the store's tables exist, as for every search after a user's first
-        with tracker_time((pipeline, "search_plots"), (pipeline, "stage_plot")) as spent:
-            start = time.perf_counter()
-            pipeline.run(config(*overrides, f"tracking.uri={uri}", "verbose=0"))
-            wall = time.perf_counter() - start
-    total = sum(spent.values())
+        warm_up(config, data)  # TensorFlow's start-up in this process belongs to no search
+        _, times = timed_search(config, data)
+    wall, total = times["wall_s"], times["tracking_s"]
+    parts = {"opening": times["opening_s"], "trial_runs": times["trial_write_s"],
+             "between_stages": times["between_stages_s"], "fine_closing": times["fine_closing_s"],
+             "result": times["result_logging_s"]}
     return {"search_wall_s": wall, "tracking_s": total, "tracking_on_vs_off": wall / (wall - total),
-            **{f"tracking.{name}_s": seconds for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])}}
+            **{f"tracking.{name}_s": seconds for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "coarse_stage_s": times["coarse_s"], "coarse_closing_s": times["coarse_closing_s"],
+            "fine_stage_s": times["fine_s"], "final_refit_s": times["refit_s"]}
 
 
 def main() -> None:
@@ -185,8 +187,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["trial", "parallel", "tracking"],
                         default=["trial", "parallel", "tracking"], help="which measurements (1-2, 3, 4)")
     args = parser.parse_args()
-    register_schemas()
-    cfg = config()
+    cfg = compose()
     data = load_dataset(cfg.dataset, cfg.seed)
     scalers = Scalers.fit(data.X_train, data.y_train, data.task, cfg.model.scaling)
     X, y = scalers.transform(data.X_train, data.y_train)
@@ -201,7 +202,7 @@ def main() -> None:
     if "tracking" in args.parts:
         report.update(tracking_share(args.quick))
     report = {k: round(v, 4) for k, v in report.items()}
-    out = Path(__file__).parent / "results" / f"speed-{'-'.join(args.parts)}.json"
+    out = Path(__file__).resolve().parent / "results" / f"speed-{'-'.join(args.parts)}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     for key, value in report.items():
