@@ -128,7 +128,7 @@ class SearchlabClassifier(_FailureNotes, KerasClassifier):
     """SciKeras' classifier with scikit-learn >= 1.6 tags.
 
     scikeras 0.13 only defines the old `_more_tags`, so `is_classifier` is False and
-    `cv=int` silently becomes an unshuffled, unstratified KFold (see COMPAT.md).
+    `cv=int` silently becomes an unshuffled, unstratified KFold (tests/test_coarse.py checks both).
     """
 
     def __sklearn_tags__(self) -> Any:

@@ -106,8 +106,8 @@ def build_model(
         loss=loss,
         metrics=metrics,
         steps_per_execution=steps_per_execution,
-        # XLA off, explicitly: with jit_compile=True these small MLPs (input noise, dropout) traced ~6x
-        # longer and ran ~3x slower per epoch on CPU. Keras' "auto" resolves to off here as well.
+        # XLA off, explicitly: these small MLPs (input noise, dropout) trace longer and run slower with it on
+        # CPU. Keras' "auto" resolves to off here as well.
         jit_compile=False,
     )
     return model
@@ -119,7 +119,7 @@ def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: i
     """`model.fit` on arrays through a prefetched, shuffled tf.data pipeline.
 
     Keras 3 re-wraps NumPy inputs every epoch: on the small tabular sets this tool is for, that made an
-    epoch ~4x slower than the same fit on a tf.data pipeline (bench/speed.py).
+    epoch several times slower than the same fit on a tf.data pipeline (bench/speed.py measures it).
     """
     import tensorflow as tf
 

@@ -30,8 +30,8 @@ def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) ->
 
     The input example goes beside it as a run artifact: MLflow 3.17's Keras flavor fails when `save_model` is
     given `input_example` (it writes the example before it creates the model folder). The pip requirements
-    are given, not inferred: MLflow's inference loads the model in a subprocess that imports TensorFlow
-    (3.5-4.6 s of a ~5 s model log here) to find the same packages.
+    are given, not inferred: MLflow's inference loads the model in a subprocess that imports TensorFlow, most
+    of a model log's time, to find the same packages.
     """
     import mlflow.keras
 

@@ -29,8 +29,7 @@ class QuantileNormal(TransformerMixin, BaseEstimator):
     """Each feature mapped through its training quantiles onto a standard normal's: monotone and piecewise
     linear between `n_quantiles` knots, constant beyond the training range.
 
-    Heavy tails and outliers no longer squeeze the bulk of a feature into a sliver of the inputs (on avila,
-    a 4 x 512 MLP reached 0.958 validation accuracy by epoch 85 with it; standardized, 0.943 by epoch 380). Like
+    Heavy tails and outliers no longer squeeze the bulk of a feature into a sliver of the inputs. Like
     scikit-learn's `QuantileTransformer(output_distribution="normal")`, except that the map is linear
     between knots in the normal scale, which makes it a clamped sum of ReLUs: built-in Keras layers.
     Knots are taken on values centered on the median and divided by the interquartile range (the standard
@@ -93,7 +92,7 @@ class PiecewiseLinear(TransformerMixin, BaseEstimator):
     0 below the bin, 1 above it, linear in between.
 
     The network sees where a value lies among the training values, bin by bin, so sharp thresholds cost it
-    one unit instead of many (on avila, a 3 x 256 MLP: 0.983 test accuracy with 48 bins, 0.923 quantile-scaled).
+    one unit instead of many (docs/results.md has what it did on the reference tables).
     Features with fewer distinct values get fewer bins, padded with constant 0 columns to the widest
     feature's count (a constant feature: all 0). Width: n_features x up to `n_bins` columns.
     """

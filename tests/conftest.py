@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
+from searchlab.config import Config, compose
 from searchlab.context import SearchContext
 from searchlab.data import load_dataset
 from searchlab.metrics import scoring_for
@@ -21,17 +20,13 @@ from searchlab.space import Param
 from searchlab.space import grid_size as space_grid_size
 from searchlab.tracking import Tracker
 
-register_schemas()
-
 #: A whole search in seconds: 200 synthetic rows, the smoke budgets, no model artifact.
 TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "tracking.log_model=false", "verbose=0")
 
 
 def compose_config(*overrides: str) -> Config:
-    """Compose the project's real `conf/` with Hydra overrides and validate it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return from_dictconfig(cfg)
+    """The project's real `conf/` composed with Hydra overrides, validated."""
+    return compose(*overrides)
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_csv_string_target_is_binary(make_config: MakeConfig, tmp_path: Path) ->
 
 
 def test_csv_separate_target_file_regression(make_config: MakeConfig, tmp_path: Path) -> None:
-    """A features file plus a one-column target file (the ../shared/data layout) with a continuous target."""
+    """A features file plus a one-column target file with a continuous target."""
     table = _table(n=80)
     table.columns = ["feature 1", "feature 2", "feature 3"]
     table.to_csv(tmp_path / "x_feats.csv", index=False)

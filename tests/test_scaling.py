@@ -5,21 +5,27 @@ the scaling like any other hyperparameter."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
 
-from searchlab import pipeline
-from searchlab.coarse import make_estimator, param_key
+from searchlab import registry
+from searchlab.coarse import make_estimator, param_key, run_coarse
 from searchlab.config import Config
+from searchlab.context import SearchContext
 from searchlab.data import load_dataset
+from searchlab.final import refit_and_test
+from searchlab.fine import run_fine
 from searchlab.metrics import scoring_for
 from searchlab.model import Scalers, build_model, fit_model
+from searchlab.narrow import FineSpace
 from searchlab.scaling import PiecewiseLinear, QuantileNormal, Scaler, Standardize
-from searchlab.space import SCALINGS
+from searchlab.space import SCALINGS, Param
 from searchlab.tracking import Tracker
+from tests.conftest import stage_inputs
 
 
 def _awkward_features(rows: int, seed: int) -> np.ndarray:
@@ -113,7 +119,7 @@ def test_exported_model_scales_raw_features_after_a_store_round_trip(store_uri: 
     fit_model(net, Xs, ys, batch_size=64, epochs=2, seed=0)
     tracker = Tracker(store_uri, "searchlab")
     run_id = tracker.start_run("export", {})
-    model_uri = tracker.log_model(run_id, scalers.wrap(net), X[:5])
+    model_uri = registry.log_model(tracker, run_id, scalers.wrap(net), X[:5])
     mlflow.set_tracking_uri(store_uri)
     loaded = mlflow.keras.load_model(model_uri)
     assert any(layer.name.startswith(scaling) for layer in loaded.layers)
@@ -126,31 +132,23 @@ def test_coarse_estimator_scales_as_its_scaling_parameter_says(make_config: Call
     """`param_key(data, "scaling")` reaches the pipeline's scaling step, inside the target scaling too."""
     config = make_config("dataset=synthetic", f"dataset.generator={task}", "dataset.n_samples=120", "model.epochs=1")
     data = load_dataset(config.dataset, config.seed)
-    estimator = make_estimator(data, config.model.hyperparameters(), config.model, scoring_for(data.task, None),
-                               config.seed)
+    estimator = make_estimator(SearchContext(data, scoring_for(data.task, None), config.model, config.seed))
     estimator.set_params(**{param_key(data, "scaling"): "quantile"}).fit(data.X_train, data.y_train)
     pipeline_ = estimator.regressor_ if task == "regression" else estimator
     assert isinstance(pipeline_.named_steps["scale"].scaler_, QuantileNormal)
 
 
-@pytest.mark.slow
-def test_searched_scaling_trains_every_kind(make_config: Callable[..., Config], store_uri: str) -> None:
-    """With `scaling` searched and kept for the fine grid, coarse candidates and fine trials train with every
-    kind (piecewise widens the network's input), and the exported model scales its inputs as the winner did."""
-    config = make_config("experiment=smoke", "dataset=synthetic", "dataset.generator=moons", "dataset.n_samples=300",
-                         "search.fine.top_fraction=1.0", "search.coarse.n_iter=6", f"tracking.uri={store_uri}",
-                         "verbose=0")
-    config.search.coarse.space = {"scaling": {"type": "choice", "values": list(SCALINGS)},
-                                  "units": {"type": "int", "low": 8, "high": 32, "log": True}}
-    result = pipeline.run(config)
-    assert {t.params["scaling"] for t in result.coarse.trials} == set(SCALINGS)
-    assert "scaling" in result.fine_space.tuned
-    assert {t.params["scaling"] for t in result.fine.trials if t.ok} == set(SCALINGS)
-    for scaling in ("quantile", "piecewise"):
-        layers = any(layer.name.startswith(scaling) for layer in result.final.model.layers)
-        assert layers == (result.final.params["scaling"] == scaling)
-    assert result.model_uri is not None
-    mlflow.set_tracking_uri(result.tracking_uri)
-    loaded = mlflow.keras.load_model(result.model_uri)
-    np.testing.assert_allclose(np.asarray(loaded.predict(result.data.X_test.astype("float32"), verbose=0)).ravel(),
-                               result.final.test_prediction[:, 1], rtol=1e-5, atol=1e-6)
+def test_searched_scaling_trains_every_kind(tmp_path: Path) -> None:
+    """With `scaling` searched, coarse candidates and fine trials train with every kind (piecewise widens the
+    network's input), and the final model scales its raw inputs as its `scaling` says."""
+    config, ctx = stage_inputs("dataset.generator=moons", "search.coarse.n_iter=6", "search.coarse.n_jobs=1",
+                               "model.epochs=2")
+    space = {"scaling": Param("scaling", "choice", values=SCALINGS), "units": Param("units", "int", 8.0, 16.0)}
+    coarse = run_coarse(ctx, space, config.search.coarse)
+    assert {t.params["scaling"] for t in coarse.trials if t.ok} == set(SCALINGS)
+    fine = run_fine(ctx, FineSpace({"scaling": space["scaling"]}, {}, (), 6, 3, 0), coarse.best.params,
+                    config.search.fine, workdir=tmp_path)
+    assert {t.params["scaling"] for t in fine.trials if t.ok} == set(SCALINGS)
+    final = refit_and_test(ctx, {**ctx.defaults, "scaling": "piecewise", "units": 8}, 2)
+    assert any(layer.name.startswith("piecewise") for layer in final.model.layers)
+    assert not any(layer.name.startswith("quantile") for layer in final.model.layers)
