@@ -33,6 +33,8 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
         config, data = _checked(from_dictconfig(cfg))
         from searchlab import pipeline  # TensorFlow loads here, once the configuration and data are known good
 
+        _quiet_libraries(config.verbose)
+
         result = pipeline.run(config, data=data)
     except SearchInterrupted as exc:
         print(f"searchlab: {exc}", file=sys.stderr)
@@ -75,15 +77,21 @@ class SweepSummary(Callback):
             print(f"  {overrides}: {shown}")
 
 
+def _quiet_libraries(verbose: int) -> None:
+    """Below verbose=2, only the libraries' errors reach the terminal. Called once they are imported: MLflow
+    sets its own logger's level when it loads."""
+    if verbose < 2:
+        for noisy in ("tensorflow", "absl", "mlflow", "alembic", "distributed"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def _checked(config: Config) -> tuple[Config, Dataset]:
     """The configuration to run (a resumed search's own) and its data set, checked to suit each other: user
     mistakes in a new search are reported before TensorFlow's seconds of start-up."""
-    if config.verbose < 2:
-        for noisy in ("tensorflow", "absl", "mlflow", "alembic", "distributed"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
     if config.resume:
         from searchlab.pipeline import resumed_config
 
+        _quiet_libraries(config.verbose)
         config = resumed_config(config)
     data = load_dataset(config.dataset, config.seed)
     scoring_for(data.task, config.search.coarse.scoring)

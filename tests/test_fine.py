@@ -68,15 +68,15 @@ def test_recorded_trials_are_replayed_not_trained(grid: tuple[Any, ...], tmp_pat
 
 
 def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path) -> None:
-    config, ctx = stage_inputs("search/fine=hyperband", "search.fine.max_epochs=4", "search.fine.factor=2")
+    config, ctx = stage_inputs("search/fine=hyperband", "search.fine.max_epochs=3", "search.fine.factor=3")
     result = run_fine(ctx, fine_space(Param("units", "int", 4.0, 16.0), learning_rate=0.01), WINNER,
                       config.search.fine, workdir=tmp_path)
     assert len(result.trials) >= 3
     assert any(t.first_epoch > 0 for t in result.trials)  # continued from an earlier trial's weights
     for trial in result.trials:
         assert trial.ok and set(trial.tuned) == {"units"}
-        assert len(trial.curves["loss"]) + trial.first_epoch <= 4
-    assert result.coarse_winner.params["epochs"] == 4  # trained for Hyperband's budget, like the trials
+        assert len(trial.curves["loss"]) + trial.first_epoch <= 3
+    assert result.coarse_winner.params["epochs"] == 3  # trained for Hyperband's budget, like the trials
 
 
 def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path) -> None:

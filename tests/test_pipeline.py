@@ -167,7 +167,7 @@ def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult
 
 def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
     result = pipeline.run(compose_config(*TINY, "dataset.generator=moons", "search/fine=hyperband",
-                                         "search.fine.max_epochs=4", f"tracking.uri={store_uri}"))
+                                         "search.fine.max_epochs=3", "search.fine.factor=3", f"tracking.uri={store_uri}"))
     assert result.data.task == "binary"
     assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
     assert len(result.fine.trials) >= 3 and all(t.ok for t in result.fine.trials)
