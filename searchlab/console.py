@@ -75,7 +75,8 @@ def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """How to open a run: on the tracking server itself, or with `make ui` for a local store."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {redact(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run `make ui`, then open {run_url(experiment_id, run_id)}"
+    return (f"run `make ui` (outside the repository: `mlflow ui --backend-store-uri {tracking_uri}`), then open "
+            f"{run_url(experiment_id, run_id)}")
 
 
 def redact(text: str) -> str:

@@ -90,4 +90,5 @@ def test_redact_hides_credentials_in_uris(text: str, expected: str) -> None:
 def test_the_run_link_points_at_the_tracking_server_when_there_is_one() -> None:
     assert where_to_look("http://bob:pw@team:5000/", "3", "abc") == "open http://***@team:5000/#/experiments/3/runs/abc"
     assert where_to_look("sqlite:////x/mlflow.db", "3", "abc") == (
-        "run `make ui`, then open http://127.0.0.1:5000/#/experiments/3/runs/abc")
+        "run `make ui` (outside the repository: `mlflow ui --backend-store-uri sqlite:////x/mlflow.db`), then open "
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc")
