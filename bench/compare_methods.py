@@ -156,7 +156,7 @@ def run_searchlab(bench: Bench, kind: str, started: float) -> MethodResult:
 class FoldRecorder:
     """A scorer that also notes, per scored fold, the candidate, the time, the epochs trained and the
     validation-score curve (`Scoring.val_key`), one JSON line per fold in a file per worker process (workers
-    cannot report back)."""
+    cannot report back). A fold whose fit failed scores NaN and is not noted."""
 
     def __init__(self, scoring: Scoring, keys: Sequence[str], folder: Path) -> None:
         self.scorer = get_scorer(scoring.name)
@@ -165,8 +165,11 @@ class FoldRecorder:
         self.folder = folder
 
     def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
+        net = find_net(estimator)
+        if net.fit_error_ is not None:  # `make_estimator`'s fits note a failure or NaN loss instead of raising
+            return float("nan")  # as searchlab's coarse stage scores it; not recorded, so its epochs are not counted
         score = float(self.scorer(estimator, X, y))
-        history = find_net(estimator).history_
+        history = net.history_
         params = estimator.get_params()
         record = {"key": candidate_key({k: params[k] for k in self.keys}), "time": time.time(), "score": score,
                   "epochs": len(history.get("loss", [])),
