@@ -26,8 +26,6 @@ from searchlab.space import HYPERPARAMETERS, Param, check_value
 #: The shipped Hydra configuration. `searchlab/conf` is a symlink to the top-level `conf/` in the
 #: source tree; a built wheel holds the files themselves, so an installed package finds them here too.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-#: The source checkout; meaningless in an installed package. Only bench/compare.py still reads it.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 # Choices are enums so OmegaConf rejects a bad value at composition, listing the allowed ones. They are
