@@ -22,13 +22,20 @@ import keras
 import keras_tuner as kt
 import numpy as np
 from compare_budget import Plan
-from joblib.externals.loky import get_reusable_executor
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingRandomSearchCV)
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV
 
 from searchlab import pipeline
-from searchlab.coarse import find_net, make_cv, make_estimator, param_key, sampler_seed, silence_fit_warnings
+from searchlab.coarse import (
+    end_fit_workers,
+    find_net,
+    make_cv,
+    make_estimator,
+    param_key,
+    sampler_seed,
+    silence_fit_warnings,
+)
 from searchlab.config import Config, compose
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
@@ -118,7 +125,7 @@ def run_method(bench: Bench, method: str) -> MethodResult:
         result = MethodResult(method, {}, bench.plan.planned(method), error=f"{type(exc).__name__}: {exc}")
     finally:
         keras.backend.clear_session()
-        get_reusable_executor().shutdown(wait=True)  # every method starts its own workers and frees their memory
+        end_fit_workers(kill=False)  # every method starts its own workers and frees their memory
     return replace(result, started=started, wall_time=time.time() - started)
 
 

@@ -14,11 +14,9 @@
   and taken off, so what remains is the store's part.
 
 The store's part (`tracking_s`) is opening + trial writes + the fine stage's closing + between + (after -
-refit), a lower bound. The coarse stage's closing is left out: it starts with the coarse workers' teardown
-(seconds: `get_reusable_executor()` with loky's default arguments, which differ from joblib's, waits for
-joblib's workers to exit before `shutdown(kill_workers=True)` is reached), which no callback can tell from
-the stage's writes (measured once by patching: about as long as the fine stage's closing). The fine
-stage's set-up (its split, the tuner) counts as neither.
+refit), a lower bound. The coarse stage's closing is left out: it starts with the coarse workers' teardown,
+which no callback can tell from the stage's writes. The fine stage's set-up (its split, the tuner) counts
+as neither.
 """
 
 from __future__ import annotations

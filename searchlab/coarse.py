@@ -21,7 +21,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from joblib.externals.loky import get_reusable_executor
+from joblib.externals.loky import reusable_executor
 from scikeras.utils.random_state import tensorflow_random_state
 from scikeras.wrappers import KerasClassifier, KerasRegressor
 from sklearn.compose import TransformedTargetRegressor
@@ -253,7 +253,7 @@ def run_coarse(
             per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if recycle else max(1, len(pending))
             for start in range(0, len(pending), per_slice):
                 if start:
-                    get_reusable_executor().shutdown(wait=True)
+                    end_fit_workers(kill=False)
                 search = _StreamingSearch(
                     make_estimator(ctx), {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
                     numbers=frozenset(pending[start:start + per_slice]), batch_size=workers,
@@ -280,7 +280,20 @@ def _fit_backend(n_jobs: int, dask: DaskConfig | None, history_dir: str) -> Iter
             yield workers, workers > 1
         finally:
             if workers > 1:  # idle workers hold ~1 GB each; on Ctrl-C they must not go on training
-                get_reusable_executor().shutdown(wait=False, kill_workers=True)
+                end_fit_workers(kill=True)
+
+
+def end_fit_workers(kill: bool) -> None:
+    """End joblib's worker processes, which run the cross-validation fits: after their running fits
+    (`kill=False`), or at once. joblib starts new ones for its next fits.
+
+    The executor is read where loky keeps it (`reusable_executor._executor`; loky has no public getter):
+    asking `get_reusable_executor()` for it with arguments other than joblib's own makes loky first wait for
+    the running fits and start a new executor, seconds per call and no stop at all on Ctrl-C.
+    """
+    executor = reusable_executor._executor
+    if executor is not None:
+        executor.shutdown(wait=not kill, kill_workers=kill)
 
 
 def silence_fit_warnings() -> None:

@@ -8,10 +8,10 @@ silently becomes an unshuffled, unstratified KFold: the tests on folds fail if `
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
+from joblib.externals.loky import reusable_executor
 from scikeras.wrappers import KerasClassifier
 from sklearn.base import is_classifier, is_regressor
 from sklearn.model_selection import KFold, StratifiedKFold, check_cv
@@ -191,22 +191,19 @@ def test_a_stage_where_every_fit_fails_returns_failed_candidates() -> None:
 def test_worker_processes_are_replaced_between_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorFlow keeps a few MiB per trained model in a worker: the stage replaces its joblib workers every
     `_FITS_PER_WORKER` fits, and ends them with the stage."""
-    shutdowns: list[dict[str, Any]] = []
-    real = coarse.get_reusable_executor
+    ended: list[bool] = []
+    real = coarse.end_fit_workers
 
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real(), name)
-
-        def shutdown(self, **kwargs: Any) -> None:
-            shutdowns.append(kwargs)
-            real().shutdown(**kwargs)
+    def spy(kill: bool) -> None:
+        ended.append(kill)
+        real(kill)
 
     monkeypatch.setattr(coarse, "_FITS_PER_WORKER", 2)  # slices of 2 candidates x 2 folds on 2 workers
-    monkeypatch.setattr(coarse, "get_reusable_executor", Spy)
+    monkeypatch.setattr(coarse, "end_fit_workers", spy)
     config, ctx = stage_inputs("search.coarse.n_iter=4", "search.coarse.n_jobs=2", "model.epochs=2")
     result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
     assert [t.number for t in result.trials] == [0, 1, 2, 3]
     assert all(t.ok for t in result.trials)  # the curves and scores came back from the workers
     # one replacement between the two slices, then the workers end with the stage
-    assert shutdowns == [{"wait": True}, {"wait": False, "kill_workers": True}]
+    assert ended == [False, True]
+    assert reusable_executor._executor is None or reusable_executor._executor._flags.shutdown

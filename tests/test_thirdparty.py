@@ -73,3 +73,15 @@ def test_hooks_searchlab_overrides_are_still_called() -> None:
     assert "pre_create_trial" in inspect.getsource(BaseTuner.search)
     for hook in ("on_trial_begin", "on_trial_end", "run_trial"):
         assert hasattr(BaseTuner, hook)
+
+
+def test_loky_keeps_its_reusable_executor_where_searchlab_reads_it() -> None:
+    """`searchlab.coarse.end_fit_workers` reads joblib's executor from `loky.reusable_executor._executor`."""
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import reusable_executor
+
+    Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4))
+    executor = reusable_executor._executor
+    assert executor is not None and not executor._flags.shutdown
+    executor.shutdown(wait=True)
+    assert executor._flags.shutdown
