@@ -1,47 +1,65 @@
-"""The MLflow UI, checked as a person would: a smoke search, `make ui`'s server, headless Chromium.
+"""The MLflow UI (`searchlab.infra.ui`), checked as a person would: a small search, `make ui`'s server, headless
+Chromium.
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); skipped without them.
-The screenshot goes to `tests/artifacts/ui-*.png` (ignored by git) for people to look at.
+The screenshots go to `tests/artifacts/ui-*.png` (ignored by git) for people to look at.
 """
 
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from searchlab import pipeline
-from searchlab.server import free_port, serving
-from searchlab.ui import ui_command
-from tests.conftest import compose_config, require_system_package
+from searchlab.infra.tracking_server import free_port, serving
+from searchlab.infra.ui import ui_command
+from tests.conftest import compose_config, new_store, require_system_package
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SHOTS = Path(__file__).parent / "artifacts"
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts"
 # Without these Chromium stalls on this closed network (see the UI issue).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1000"]
+# Every plot the UI must list, from a search of two coarse candidates and a 2-point fine grid.
+SEARCH = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "model.epochs=3", "search.coarse.n_iter=2",
+          "search.coarse.n_jobs=1", "tracking.log_model=false", "verbose=0")
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> pipeline.SearchResult:
+def searched_in_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pipeline.SearchResult, str]]:
+    """A search, and the UI over its store started exactly as `make ui` starts it, on 127.0.0.1 (its process
+    group ended afterwards). The UI takes ~30 s to answer: the search runs meanwhile, in a thread."""
+    require_system_package(CHROMIUM.exists() and DRIVER.exists(),
+                           "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    store = new_store(tmp_path_factory.mktemp("ui-store"))
+    outcome: dict[str, Any] = {}
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('ui-store') / 'mlflow.db'}"
-    return pipeline.run(compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0",
-                                       "tracking.log_model=false"))
+    def search() -> None:
+        try:
+            outcome["result"] = pipeline.run(compose_config(*SEARCH, f"tracking.uri={store.uri}"))
+        except BaseException as exc:
+            outcome["error"] = exc
 
-
-@pytest.fixture(scope="module")
-def ui_url(searched: pipeline.SearchResult) -> Iterator[str]:
-    """The UI started exactly as `make ui` starts it, on 127.0.0.1; its process group ended afterwards."""
+    thread = threading.Thread(target=search)
+    thread.start()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with serving(ui_command(searched.tracking_uri, port=port), url, output=subprocess.DEVNULL):
-        yield url
+    try:
+        with serving(ui_command(store.uri, port=port), url, output=subprocess.DEVNULL):
+            thread.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            yield outcome["result"], url
+    finally:
+        thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +86,11 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> 
         time.sleep(0.5)
 
 
-def test_run_tree_and_plots_in_the_browser(searched: pipeline.SearchResult, ui_url: str, browser: object) -> None:
+def test_run_tree_and_plots_in_the_browser(searched_in_ui: tuple[pipeline.SearchResult, str], browser: object) -> None:
     from selenium.webdriver.common.by import By
 
     driver = browser
-    result = searched
+    result, ui_url = searched_in_ui
     SHOTS.mkdir(exist_ok=True)
     driver.get(f"{ui_url}/#/experiments/{result.experiment_id}/runs")  # type: ignore[attr-defined]
     body = lambda: driver.find_element(By.TAG_NAME, "body").text  # type: ignore[attr-defined]  # noqa: E731
