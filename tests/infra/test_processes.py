@@ -13,20 +13,23 @@ import pytest
 from searchlab.infra import processes
 from searchlab.infra.processes import end_group, tf_thread_env, threads_per_worker, worker_thread_env
 
-# A parent that starts a child and reports its pid, then both wait; IGNORE_TERM makes both deaf to SIGTERM.
+# A parent that starts a child and reports its pid, then both wait. IGNORE_TERM=both makes both deaf to SIGTERM
+# (an ignored signal stays ignored across exec), IGNORE_TERM=child only the child.
 FAMILY = """
 import os, signal, subprocess, sys, time
 if os.environ.get("IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+if os.environ.get("IGNORE_TERM") == "child":
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 print(child.pid, flush=True)
 time.sleep(120)
 """
 
 
-def start_family(ignore_term: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+def start_family(ignore_term: str = "") -> tuple[subprocess.Popen[bytes], int]:
     """A parent in a process group of its own (as `start_new_session=True` makes it) and its child's pid."""
-    env = {**os.environ, **({"IGNORE_TERM": "1"} if ignore_term else {})}
+    env = {**os.environ, "IGNORE_TERM": ignore_term}
     parent = subprocess.Popen([sys.executable, "-c", FAMILY], stdout=subprocess.PIPE, start_new_session=True, env=env)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
@@ -57,13 +60,24 @@ def test_end_group_ends_the_process_and_its_child() -> None:
 
 
 def test_end_group_kills_a_group_that_ignores_sigterm() -> None:
-    parent, child = start_family(ignore_term=True)
+    parent, child = start_family(ignore_term="both")
     try:
         started = time.monotonic()
         end_group(parent, grace=0.5)
         assert parent.returncode == -9
         assert time.monotonic() - started < 5
         assert gone(child)
+    finally:
+        _kill(parent, child)
+
+
+@pytest.mark.xfail(strict=True, reason="end_group waits for the leader only: once it has exited on SIGTERM, a "
+                   "member of its group still shutting down (or deaf to SIGTERM) is never sent SIGKILL")
+def test_end_group_kills_a_child_that_outlives_sigterm() -> None:
+    parent, child = start_family(ignore_term="child")
+    try:
+        end_group(parent, grace=0.5)
+        assert gone(child, timeout=2)
     finally:
         _kill(parent, child)
 
