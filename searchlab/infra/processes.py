@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,15 +44,29 @@ def worker_thread_env(workers: int) -> Iterator[None]:
 
 
 def end_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """End a process started with `start_new_session=True` and everything it started: SIGTERM to its group,
-    then SIGKILL if it has not exited within `grace` seconds."""
-    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """End a process started with `start_new_session=True` and everything in its process group: SIGTERM to the
+    group, then SIGKILL to whatever of it is still there after `grace` seconds (the leader, or a member still
+    shutting down or deaf to SIGTERM)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        process.poll()
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(process):
+        time.sleep(0.1)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    """Whether any member of the group (the leader reaped or not) is still running."""
+    process.poll()  # reap the leader, so that a zombie leader does not count
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -71,8 +71,6 @@ def test_end_group_kills_a_group_that_ignores_sigterm() -> None:
         _kill(parent, child)
 
 
-@pytest.mark.xfail(strict=True, reason="end_group waits for the leader only: once it has exited on SIGTERM, a "
-                   "member of its group still shutting down (or deaf to SIGTERM) is never sent SIGKILL")
 def test_end_group_kills_a_child_that_outlives_sigterm() -> None:
     parent, child = start_family(ignore_term="child")
     try:
