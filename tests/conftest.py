@@ -24,14 +24,10 @@ from searchlab.tracking import Tracker
 TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "tracking.log_model=false", "verbose=0")
 
 
-def compose_config(*overrides: str) -> Config:
-    """The project's real `conf/` composed with Hydra overrides, validated."""
-    return compose(*overrides)
-
-
 @pytest.fixture
 def make_config() -> Callable[..., Config]:
-    return compose_config
+    """`searchlab.config.compose`: the project's real `conf/` composed with Hydra overrides, validated."""
+    return compose
 
 
 @pytest.fixture
@@ -78,7 +74,7 @@ def grid_size(space: dict[str, Any], points: int) -> int:
 
 def stage_inputs(*overrides: str) -> tuple[Config, SearchContext]:
     """A composed configuration (`TINY` plus `overrides`) and the stage context over its data set."""
-    config = compose_config(*TINY, *overrides)
+    config = compose(*TINY, *overrides)
     data = load_dataset(config.dataset, config.seed)
     scoring = scoring_for(data.task, config.search.coarse.scoring)
     return config, SearchContext(data, scoring, config.model, config.seed, config.verbose)

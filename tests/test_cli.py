@@ -24,9 +24,10 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from omegaconf.errors import OmegaConfBaseException
 
+from searchlab.config import compose
 from searchlab.data import check_cv_feasible, load_dataset
 from searchlab.errors import SearchlabError
-from tests.conftest import TINY, compose_config, new_store
+from tests.conftest import TINY, new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"
@@ -124,7 +125,7 @@ CONFIG_CASES = [
 def _message(*overrides: str) -> str:
     """What composing and validating `overrides` says, as the command line would print it."""
     try:
-        compose_config(*BASE, *overrides)
+        compose(*BASE, *overrides)
     except (SearchlabError, HydraException, OmegaConfBaseException) as exc:
         return str(exc)
     raise AssertionError(f"{overrides} was accepted")
@@ -201,7 +202,7 @@ def _rare_class(tmp_path: Path) -> tuple[list[str], list[str]]:
 def test_bad_data_message_names_the_file_or_column(tmp_path: Path,
                                                    make_case: Callable[[Path], tuple[list[str], list[str]]]) -> None:
     overrides, expected = make_case(tmp_path)
-    config = compose_config(*BASE, "dataset=csv", *overrides)
+    config = compose(*BASE, "dataset=csv", *overrides)
     with pytest.raises(SearchlabError) as caught:
         check_cv_feasible(load_dataset(config.dataset, config.seed), config.search.coarse.cv)
     for fragment in expected:

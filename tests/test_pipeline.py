@@ -13,9 +13,10 @@ from PIL import Image
 
 from searchlab import pipeline
 from searchlab.callbacks import SearchCallback, TrialEnd
+from searchlab.config import compose
 from searchlab.errors import SearchInterrupted, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
-from tests.conftest import TINY, Store, compose_config, grid_size, new_store
+from tests.conftest import TINY, Store, grid_size, new_store
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[pipeline.SearchResu
     """The smoke search on digits, as `make search ARGS=experiment=smoke` runs it, model included."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     recorder = Recorder()
-    result = pipeline.run(compose_config("experiment=smoke", f"tracking.uri={uri}", "verbose=0"), callbacks=[recorder])
+    result = pipeline.run(compose("experiment=smoke", f"tracking.uri={uri}", "verbose=0"), callbacks=[recorder])
     return result, MlflowClient(uri), recorder
 
 
@@ -166,7 +167,7 @@ def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult
 
 
 def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
-    result = pipeline.run(compose_config(*TINY, "dataset.generator=moons", "search/fine=hyperband",
+    result = pipeline.run(compose(*TINY, "dataset.generator=moons", "search/fine=hyperband",
                                          "search.fine.max_epochs=3", "search.fine.factor=3", f"tracking.uri={store_uri}"))
     assert result.data.task == "binary"
     assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
@@ -178,7 +179,7 @@ def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
 
 
 def test_a_regression_search(store_uri: str) -> None:
-    result = pipeline.run(compose_config(*TINY, "dataset.generator=regression", f"tracking.uri={store_uri}"))
+    result = pipeline.run(compose(*TINY, "dataset.generator=regression", f"tracking.uri={store_uri}"))
     assert result.data.task == "regression"
     assert set(result.final.test_metrics) == {"rmse", "mae", "r2"}
     assert result.final.test_metrics["rmse"] < result.final.baseline_metrics["rmse"]
@@ -191,7 +192,7 @@ def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> Non
     candidate then "succeeds" at chance level; at 1e30 the weights overflow to inf/NaN at once.
     """
     store = new_store(tmp_path)
-    config = compose_config(*TINY, f"tracking.uri={store.uri}", "search.coarse.space.learning_rate.low=1e30",
+    config = compose(*TINY, f"tracking.uri={store.uri}", "search.coarse.space.learning_rate.low=1e30",
                             "search.coarse.space.learning_rate.high=1e35", "search.coarse.space.optimizer.values=[sgd]")
     with pytest.raises(StageFailedError, match="all 4 coarse candidates failed"):
         pipeline.run(config)
@@ -234,7 +235,7 @@ def test_a_search_interrupted_in_the_coarse_stage_resumes_where_it_stopped(tmp_p
     store = new_store(tmp_path)
     overrides = (*TINY, "search.coarse.n_iter=5", f"tracking.uri={store.uri}")
     with pytest.raises(SearchInterrupted) as interrupted:
-        pipeline.run(compose_config(*overrides), callbacks=[InterruptAfter("coarse", 2)])
+        pipeline.run(compose(*overrides), callbacks=[InterruptAfter("coarse", 2)])
     assert f"resume={interrupted.value.run_id}" in str(interrupted.value)
     assert _statuses(store) == {("search", None): "KILLED", ("stage", "coarse"): "KILLED"}
     assert "RUNNING" not in {r.info.status for r in store.runs()}
@@ -242,7 +243,7 @@ def test_a_search_interrupted_in_the_coarse_stage_resumes_where_it_stopped(tmp_p
     assert len(before) >= 2
 
     recorder = Recorder()
-    result = pipeline.resumed_config(compose_config(*overrides, "resume=last"))
+    result = pipeline.resumed_config(compose(*overrides, "resume=last"))
     resumed = pipeline.run(result, callbacks=[recorder])
     assert resumed.run_id == interrupted.value.run_id
     after = _trial_runs(store, "coarse", "searchlab.candidate")
@@ -257,14 +258,14 @@ def test_a_search_interrupted_in_the_fine_stage_resumes_where_it_stopped(tmp_pat
     store = new_store(tmp_path)
     overrides = (*TINY, "search.coarse.n_iter=3", "search.fine.points=2", f"tracking.uri={store.uri}")
     with pytest.raises(SearchInterrupted):
-        pipeline.run(compose_config(*overrides), callbacks=[InterruptAfter("fine", 1)])
+        pipeline.run(compose(*overrides), callbacks=[InterruptAfter("fine", 1)])
     assert _statuses(store) == {("search", None): "KILLED", ("stage", "coarse"): "FINISHED",
                                 ("stage", "fine"): "KILLED"}
     coarse_before = _trial_runs(store, "coarse", "searchlab.candidate")
     fine_before = _trial_runs(store, "fine", "searchlab.trial_id")
     assert len(fine_before) == 1
 
-    result = pipeline.run(pipeline.resumed_config(compose_config(*overrides, "resume=last")))
+    result = pipeline.run(pipeline.resumed_config(compose(*overrides, "resume=last")))
     assert _trial_runs(store, "coarse", "searchlab.candidate") == coarse_before
     fine_after = _trial_runs(store, "fine", "searchlab.trial_id")
     assert all(fine_after[t] == run_id for t, run_id in fine_before.items())

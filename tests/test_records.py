@@ -10,12 +10,12 @@ import pytest
 
 from searchlab import records
 from searchlab.coarse import CoarseTrial
+from searchlab.config import compose
 from searchlab.errors import ConfigError
 from searchlab.fine import COARSE_WINNER, FineTrial
 from searchlab.metrics import SCORINGS
 from searchlab.records import Finished
 from searchlab.tracking import Tracker
-from tests.conftest import compose_config
 
 ACCURACY = SCORINGS["accuracy"]
 
@@ -27,7 +27,7 @@ def tracker(store_uri: str) -> Tracker:
 
 def test_a_coarse_candidate_reads_back_with_its_exact_values(tracker: Tracker) -> None:
     """Float values come back to the last digit (a resumed search samples and compares the same candidates)."""
-    space = compose_config("experiment=smoke").coarse_space()
+    space = compose("experiment=smoke").coarse_space()
     rng = np.random.RandomState(0)
     params = {name: param.cast(param.distribution().rvs(random_state=rng)) if param.is_numeric else param.values[-1]
               for name, param in space.items()}
@@ -116,6 +116,6 @@ def test_a_stage_run_is_reopened_on_resume(tracker: Tracker, tmp_path: Path) -> 
     search = records.start_search(tracker, "digits")
     stage = records.open_stage(tracker, search, "coarse", Finished())
     tracker.end_all("KILLED")
-    finished = records.read_finished(tracker, search, compose_config("experiment=smoke").coarse_space())
+    finished = records.read_finished(tracker, search, compose("experiment=smoke").coarse_space())
     assert records.open_stage(tracker, search, "coarse", finished) == stage
     assert tracker.client.get_run(stage).info.status == "RUNNING" and stage in tracker.open_runs

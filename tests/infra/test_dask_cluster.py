@@ -29,7 +29,7 @@ from distributed import Client
 from searchlab import pipeline
 from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
-from searchlab.config import Config, DaskConfig
+from searchlab.config import Config, DaskConfig, compose
 from searchlab.context import SearchContext
 from searchlab.data import load_dataset
 from searchlab.errors import ConfigError
@@ -37,7 +37,7 @@ from searchlab.infra.processes import tf_thread_env
 from searchlab.infra.tracking_server import free_port
 from searchlab.metrics import scoring_for
 from searchlab.records import CANDIDATE_TAG, ERROR_TAG, RUN_TAG, STAGE_TAG
-from tests.conftest import Store, compose_config, new_store
+from tests.conftest import Store, new_store
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -50,7 +50,7 @@ TIMEOUT = 300
 
 
 def stage_inputs(*overrides: str) -> tuple[Config, SearchContext]:
-    config = compose_config(*ARGS, *overrides)
+    config = compose(*ARGS, *overrides)
     data = load_dataset(config.dataset, config.seed)
     scoring = scoring_for(data.task, config.search.coarse.scoring)
     return config, SearchContext(data, scoring, config.model, config.seed, config.verbose)
@@ -248,7 +248,7 @@ def test_a_worker_killed_mid_coarse_loses_no_candidate(cluster: str, tmp_path: P
     store = new_store(tmp_path / "mlruns")
     n_iter = 4  # two batches on two worker threads: the kill lands in the second
     killer = _KillBusyWorker(cluster)
-    result = pipeline.run(compose_config(*ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
+    result = pipeline.run(compose(*ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
                                          f"search.dask.address={cluster}", f"search.coarse.n_iter={n_iter}"),
                           callbacks=[killer])
     killer.thread.join(5)
@@ -270,7 +270,7 @@ def test_a_worker_killed_mid_coarse_loses_no_candidate(cluster: str, tmp_path: P
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
     store = new_store(tmp_path / "mlruns")
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    config = compose_config(*ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
+    config = compose(*ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
                             f"search.dask.address={address}")
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"^search\.dask\.address: cannot reach a Dask scheduler at ") as caught:

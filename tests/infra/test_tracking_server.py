@@ -23,11 +23,12 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from searchlab import pipeline
+from searchlab.config import compose
 from searchlab.errors import ConfigError, SearchlabError
 from searchlab.infra.tracking_server import free_port, postgres_bin, tracking_server
 from searchlab.records import CANDIDATE_TAG, RUN_TAG, STAGE_TAG, TRIAL_ID_TAG
 from searchlab.tracking import Tracker
-from tests.conftest import compose_config, require_system_package
+from tests.conftest import require_system_package
 
 N_ITER = 2
 # A whole search in well under a minute, the model logged: it goes to the server's artifact store. Three classes:
@@ -57,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 @pytest.fixture(scope="module")
 def searched(server: tuple[str, Path]) -> tuple[pipeline.SearchResult, MlflowClient]:
     url, _ = server
-    result = pipeline.run(compose_config(*SEARCH, f"tracking.uri={url}"))
+    result = pipeline.run(compose(*SEARCH, f"tracking.uri={url}"))
     return result, MlflowClient(url)
 
 
@@ -117,9 +118,9 @@ def test_artifacts_and_model_through_the_server(searched: tuple[pipeline.SearchR
 
 def test_tracking_server_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert compose_config("tracking=server").tracking.uri == "http://127.0.0.1:5000"
+    assert compose("tracking=server").tracking.uri == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.org")
-    tracking = compose_config("tracking=server").tracking
+    tracking = compose("tracking=server").tracking
     assert (tracking.uri, tracking.experiment, tracking.log_model) == ("https://mlflow.example.org", "searchlab", True)
 
 
@@ -139,7 +140,7 @@ def test_unreachable_server_from_the_environment_stops_the_search(monkeypatch: p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
-        pipeline.run(compose_config("tracking=server", "experiment=smoke", "verbose=0"))
+        pipeline.run(compose("tracking=server", "experiment=smoke", "verbose=0"))
     assert str(caught.value) == (
         f"tracking.uri='{uri}': no MLflow tracking server answers there (Connection refused). "
         "Start one with `make server` (PostgreSQL and mlflow server on this machine), point tracking.uri (or "

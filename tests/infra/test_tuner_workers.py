@@ -29,11 +29,12 @@ import pytest
 from mlflow.entities import Run
 
 from searchlab import pipeline
+from searchlab.config import compose
 from searchlab.errors import SearchInterrupted
 from searchlab.infra.tracking_server import free_port
 from searchlab.records import RUN_TAG, STAGE_TAG, TRIAL_ID_TAG, WORKER_TAG, read_fine_trials
 from searchlab.tracking import Tracker
-from tests.conftest import Store, compose_config, grid_size, new_store
+from tests.conftest import Store, grid_size, new_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -147,7 +148,7 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Restarted:
     store = new_store(tmp / "mlruns")
     killer = _KillTuner0(tmp, port)
     try:
-        result = pipeline.run(compose_config(*OVERRIDES, f"tracking.uri={store.uri}", "search.fine.workers=2",
+        result = pipeline.run(compose(*OVERRIDES, f"tracking.uri={store.uri}", "search.fine.workers=2",
                                              f"search.fine.oracle=127.0.0.1:{port}"))
     finally:
         killer.search_ended.set()
@@ -171,7 +172,7 @@ def user_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Searched]
                                                  f"tuner{k}", "--threads", "1"],
                                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
             with _interrupt_if_a_worker_fails(workers):
-                result = pipeline.run(compose_config(*OVERRIDES, f"tracking.uri={store.uri}",
+                result = pipeline.run(compose(*OVERRIDES, f"tracking.uri={store.uri}",
                                                      "search.fine.workers=2", "search.fine.start_workers=false",
                                                      f"search.fine.oracle=127.0.0.1:{port}"))
             log = (tmp / "workers.out").read_text()

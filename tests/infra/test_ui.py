@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from searchlab import pipeline
+from searchlab.config import compose
 from searchlab.infra.tracking_server import free_port, serving
 from searchlab.infra.ui import ui_command
-from tests.conftest import compose_config, new_store, require_system_package
+from tests.conftest import new_store, require_system_package
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
@@ -44,7 +45,7 @@ def searched_in_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[p
 
     def search() -> None:
         try:
-            outcome["result"] = pipeline.run(compose_config(*SEARCH, f"tracking.uri={store.uri}"))
+            outcome["result"] = pipeline.run(compose(*SEARCH, f"tracking.uri={store.uri}"))
         except BaseException as exc:
             outcome["error"] = exc
 
