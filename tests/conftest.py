@@ -20,8 +20,10 @@ from searchlab.space import Param
 from searchlab.space import grid_size as space_grid_size
 from searchlab.tracking import Tracker
 
-#: A whole search in seconds: 200 synthetic rows, the smoke budgets, no model artifact.
-TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "tracking.log_model=false", "verbose=0")
+#: A whole search in seconds: 200 synthetic rows, the smoke budgets, coarse fits in the search process (no worker
+#: processes to start), no model artifact.
+TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "search.coarse.n_jobs=1",
+        "tracking.log_model=false", "verbose=0")
 
 
 @pytest.fixture
