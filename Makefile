@@ -22,7 +22,7 @@ search: install
 	$(BIN)/searchlab $(ARGS)
 
 # Two test processes, each module's tests (and its module-scoped searches) in one of them: while one waits
-# on a subprocess, a service or an import, the other trains: 25:28 -> 18:47 on 2 cores (README, Development).
+# on a subprocess, a service or an import, the other trains (docs/results.md: two and three processes side by side).
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadscope $(PYTEST_ARGS)
 
