@@ -82,7 +82,7 @@ class CoarseResult:
         return max(self.completed, key=lambda t: t.mean_score)
 
 
-class _FailureNotes:
+class _TrackedFit:
     """For the SciKeras wrappers: training through searchlab's tf.data pipeline, and failed fits recorded
     instead of raised (see `fit`).
 
@@ -124,7 +124,7 @@ class _FailureNotes:
         return self
 
 
-class SearchlabClassifier(_FailureNotes, KerasClassifier):
+class SearchlabClassifier(_TrackedFit, KerasClassifier):
     """SciKeras' classifier with scikit-learn >= 1.6 tags.
 
     scikeras 0.13 only defines the old `_more_tags`, so `is_classifier` is False and
@@ -139,7 +139,7 @@ class SearchlabClassifier(_FailureNotes, KerasClassifier):
         return tags
 
 
-class SearchlabRegressor(_FailureNotes, KerasRegressor):
+class SearchlabRegressor(_TrackedFit, KerasRegressor):
     """SciKeras' regressor with scikit-learn >= 1.6 tags (see `SearchlabClassifier`)."""
 
     def __sklearn_tags__(self) -> Any:
@@ -299,7 +299,7 @@ def end_fit_workers(kill: bool) -> None:
 def silence_fit_warnings() -> None:
     """Inside `warnings.catch_warnings()`: silence the cross-validation fits' warnings that need no action."""
     warnings.simplefilter("ignore", FitFailedWarning)  # each failure is reported as a FAILED trial
-    # A failed fit scores NaN (see `_FailureNotes.fit`); it is reported as a FAILED trial.
+    # A failed fit scores NaN (see `_TrackedFit.fit`); it is reported as a FAILED trial.
     warnings.filterwarnings("ignore", "One or more of the test scores are non-finite", UserWarning)
     # loky replaces a worker whose memory grew by 300 MB since its first fit (TensorFlow keeps some per trained
     # model) and warns if fits were queued for it; they go to the new worker, none is lost.
