@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
 from searchlab.console import silence_native_stderr, where_to_look
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
@@ -35,7 +36,7 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
 
         _quiet_libraries(config.verbose)
 
-        result = pipeline.run(config, data=data)
+        result = pipeline.run(config, data=data, callbacks=[_StopWhenSignalled()])
     except SearchInterrupted as exc:
         print(f"searchlab: {exc}", file=sys.stderr)
         sys.exit(130)
@@ -99,8 +100,28 @@ def _checked(config: Config) -> tuple[Config, Dataset]:
     return config, data
 
 
+_signalled: list[int] = []
+
+
 def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    _signalled.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _quiet_swallowed_interrupt(unraisable: Any) -> None:
+    """A swallowed Ctrl-C/SIGTERM is not news: `_StopWhenSignalled` stops the search at the next trial."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+class _StopWhenSignalled(SearchCallback):
+    """Stops the search at the next finished trial if a SIGTERM's KeyboardInterrupt was swallowed: raised
+    inside a weakref or garbage-collection callback while TensorFlow trains in this process, Python prints
+    "Exception ignored" and goes on."""
+
+    def on_trial_end(self, trial: TrialEnd) -> None:
+        if _signalled:
+            raise KeyboardInterrupt(f"signal {_signalled[0]}")
 
 
 def main() -> None:
@@ -108,7 +129,8 @@ def main() -> None:
     if not any(arg.startswith("verbose=2") for arg in sys.argv[1:]):  # verbose=2 shows everything
         silence_native_stderr()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends runs as KILLED, like Ctrl-C
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    sys.unraisablehook = _quiet_swallowed_interrupt
     _main()
     if _failed_jobs:
         sys.exit(2)
