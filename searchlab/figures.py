@@ -25,8 +25,10 @@ def search_plots(out: Path, data: Dataset, scoring: Scoring, coarse: CoarseResul
     paths = [
         plots.learning_curves(fine.best.curves, scoring.keras_name, out / "learning_curves.png"),
         plots.scores_vs_params(coarse_trials, views, f"CV {metric}", out / "coarse_scores_vs_params.png"),
-        plots.influence({d.name: d.influence for d in fine_space.decisions}, set(fine_space.tuned),
-                        out / "influence.png"),
+        plots.influence({d.name: d.influence.share for d in fine_space.decisions}, set(fine_space.tuned),
+                        out / "influence.png",
+                        intervals={d.name: (d.influence.low, d.influence.high) for d in fine_space.decisions},
+                        shown=set(fine_space.shown)),
         plots.parallel_coordinates(coarse_trials, list(coarse.space),
                                    {n for n, p in coarse.space.items() if p.log}, f"CV {metric}",
                                    out / "parallel_coarse.png"),

@@ -1,12 +1,20 @@
 """Narrowing: from coarse results to the fine stage's search space. Pure code.
 
 Influence of a hyperparameter is the share of the coarse scores' rank variance its value
-explains: the adjusted correlation ratio (epsilon squared) of the score ranks grouped by
-the parameter's value (categories, or three quantile bins of the, log-aware, value).
-Ranks, not raw scores: a few diverged candidates (an RMSE of 90 among 8s) would otherwise
-make the variance theirs, and the influence of whatever they happen to share.
-The most influential few keep a range spanning the best candidates' values; the
-rest are fixed at the best candidate's values.
+explains: omega squared (the one-way ANOVA effect size, adjusted for the number of groups)
+of the score ranks grouped by the parameter's value (categories, or three quantile bins of
+the, log-aware, value). Ranks, not raw scores: a few diverged candidates (an RMSE of 90
+among 8s) would otherwise make the variance theirs, and the influence of whatever they
+happen to share.
+
+With a few dozen candidates and ten hyperparameters, the largest influence is sizeable
+even when the score depends on none of them, so each influence comes with a 95% interval
+(bootstrap over candidates) and a permutation test against chance: the score ranks are
+shuffled over the candidates, and a hyperparameter is *shown to matter* when its influence
+beats the largest of all hyperparameters' influences in 95% of the shuffles (a family-wise
+test: with nothing to find, 5% of searches report anything). Those are searched first;
+free places go to the next most influential. The searched few keep a range spanning the
+best candidates' values; the rest are fixed at the best candidate's values.
 """
 
 from __future__ import annotations
@@ -21,9 +29,29 @@ from scipy.stats import rankdata
 
 from searchlab.space import Param, Space
 
-_BINS = 3  # quantile bins per numeric hyperparameter: few samples cannot support more
 _MIN_TOP = 3  # the narrowed range spans at least this many of the best candidates
 _MARGIN = 0.1  # widen a narrowed range by this share of the original span on each side
+ALPHA = 0.05  # family-wise level of the test against chance
+_RESAMPLES = 1000  # permutations, and bootstrap resamples, per narrowing
+
+
+@dataclass(frozen=True)
+class Influence:
+    """A hyperparameter's influence on the coarse score ranks, with its uncertainty."""
+
+    share: float  # omega squared of the score ranks grouped by the value, in [0, 1]
+    low: float  # 95% bootstrap interval over candidates
+    high: float
+    p_value: float  # family-wise permutation p-value against "the score depends on no hyperparameter"
+
+    @property
+    def shown(self) -> bool:
+        """Distinguishable from chance at the family-wise level `ALPHA`."""
+        return self.p_value <= ALPHA
+
+    def describe(self) -> str:
+        verdict = "shown to matter" if self.shown else "not distinguishable from chance"
+        return f"{self.share:.0%} (95% interval {self.low:.0%}-{self.high:.0%}; p={self.p_value:.3f}, {verdict})"
 
 
 @dataclass(frozen=True)
@@ -31,7 +59,7 @@ class Decision:
     """What narrowing did with one hyperparameter, and why."""
 
     name: str
-    influence: float
+    influence: Influence
     original: Param
     narrowed: Param | None  # None when fixed
     fixed_value: Any = None
@@ -42,7 +70,7 @@ class Decision:
         return self.narrowed is not None
 
     def explain(self) -> str:
-        share = f"explains {self.influence:.0%} of the score ranks' variance"
+        share = f"explains {self.influence.describe()} of the score ranks' variance"
         if self.narrowed is None:
             value = _fmt(self.fixed_value)
             return f"{self.name}: {share}; fixed at {value}, the best candidate's value ({self.why_fixed})"
@@ -60,11 +88,23 @@ class FineSpace:
     n_top: int
     n_failed: int
 
+    @property
+    def shown(self) -> list[str]:
+        """The hyperparameters shown to matter, most influential first."""
+        return [d.name for d in self.decisions if d.influence.shown]
+
     def account(self) -> str:
-        """A human-readable account of every decision, most influential first."""
+        """A human-readable account of every decision, those shown to matter first."""
+        shown = self.shown
+        evidence = (f"Shown to matter (family-wise permutation test, {ALPHA:.0%} level): {', '.join(shown)}."
+                    if shown else
+                    f"No hyperparameter shown to matter: no influence is distinguishable from chance (family-wise "
+                    f"permutation test, {ALPHA:.0%} level, {self.n_candidates} candidates). The fine stage searches "
+                    f"the most influential anyway; more coarse candidates would tell more.")
         lines = [
             f"Narrowed from {self.n_candidates} coarse candidates ({self.n_failed} failed, counted as the worst "
             f"score); ranges span the best {self.n_top}, widened by {_MARGIN:.0%} of the original span.",
+            evidence,
         ]
         lines += [f"- {d.explain()}" for d in self.decisions]
         return "\n".join(lines)
@@ -75,6 +115,8 @@ def narrow(
     space: Space,
     max_params: int,
     top_fraction: float,
+    *,
+    seed: int = 0,
 ) -> FineSpace:
     """Build the fine space from coarse `(params, score)` pairs (score higher is better, NaN if failed).
 
@@ -83,6 +125,7 @@ def narrow(
         space: the coarse space the values were sampled from.
         max_params: how many hyperparameters to keep searching.
         top_fraction: share of the best candidates whose values bound the narrowed ranges.
+        seed: seeds the permutations and bootstrap resamples (the same inputs give the same result).
 
     Raises:
         ValueError: no trial has a finite score.
@@ -98,8 +141,9 @@ def narrow(
     top = [trials[i][0] for i in order[:n_top]]
     best = trials[int(order[0])][0]
 
-    influence = {name: _influence([t[0][name] for t in trials], ranks, param) for name, param in space.items()}
-    ranked = sorted(space, key=lambda name: -influence[name])
+    influence = influences({name: _design([t[0][name] for t in trials], param) for name, param in space.items()},
+                           ranks, np.random.default_rng(seed))
+    ranked = sorted(space, key=lambda name: (not influence[name].shown, -influence[name].share))
     tuned: dict[str, Param] = {}
     decisions = []
     for name in ranked:
@@ -116,26 +160,60 @@ def narrow(
     return FineSpace(tuned, fixed, tuple(decisions), len(trials), n_top, int((~ok).sum()))
 
 
-def _influence(values: list[Any], scores: np.ndarray, param: Param) -> float:
-    """Adjusted share of the variance of `scores` explained by grouping on this parameter's value."""
+def influences(features: Mapping[str, np.ndarray], scores: np.ndarray, rng: np.random.Generator,
+               resamples: int = _RESAMPLES) -> dict[str, Influence]:
+    """Each hyperparameter's influence on `scores` (higher is better; ranks here) from its design matrix
+    `features[name]` (`_design`): the share with a bootstrap interval and a family-wise permutation p-value.
+
+    The p-values are step-down (Westfall and Young's max-T): the most influential is tested against the
+    largest influence of all hyperparameters under shuffled scores, the next against the largest of the rest,
+    and so on, each p-value at least the previous one. With nothing to find, `ALPHA` of searches show anything.
+    """
+    n = len(scores)
+    names = sorted(features, key=lambda name: -float(_explained(features[name], scores[None, :])[0]))
+    shares = {name: float(_explained(features[name], scores[None, :])[0]) for name in names}
+    shuffled = scores[rng.permuted(np.tile(np.arange(n), (resamples, 1)), axis=1)]  # the same for every name
+    null = {name: _explained(features[name], shuffled) for name in names}
+    picks = rng.integers(0, n, size=(resamples, n))
+    resampled = rankdata(scores[picks], axis=1)
+    result: dict[str, Influence] = {}
+    p_value = 0.0
+    for i, name in enumerate(names):
+        null_max = np.max([null[other] for other in names[i:]], axis=0)
+        p_value = max(p_value, (1 + int((null_max >= shares[name] - 1e-12).sum())) / (1 + resamples))
+        low, high = np.quantile(_explained(features[name], resampled, picks), [0.025, 0.975])
+        result[name] = Influence(shares[name], float(low), float(high), p_value if shares[name] > 0 else 1.0)
+    return result
+
+
+def _design(values: list[Any], param: Param) -> np.ndarray:
+    """The columns a hyperparameter's value explains the score with: for a number, its position in the range
+    (log-aware) and that squared (a trend or an optimum inside the range); for a choice, one indicator per
+    category but the first."""
     if param.is_numeric:
         x = np.array([float(v) for v in values])
         x = np.log(x) if param.log else x
-        edges = np.unique(np.quantile(x, np.linspace(0, 1, _BINS + 1)[1:-1]))
-        groups = np.searchsorted(edges, x, side="right")
-    else:
-        labels = [str(v) for v in values]
-        groups = np.unique(labels, return_inverse=True)[1]
-    k, n = len(np.unique(groups)), len(scores)
-    if k < 2 or n <= k:
-        return 0.0
-    grand = scores.mean()
-    ss_total = float(((scores - grand) ** 2).sum())
-    if ss_total == 0:
-        return 0.0
-    ss_between = sum(float((groups == g).sum() * (scores[groups == g].mean() - grand) ** 2) for g in np.unique(groups))
-    ms_within = (ss_total - ss_between) / (n - k)
-    return float(max(0.0, (ss_between - (k - 1) * ms_within) / (ss_total + ms_within)))
+        x = (x - x.mean()) / (x.std() or 1.0)
+        return np.column_stack([x, x**2 - (x**2).mean()]) if len(np.unique(x)) > 2 else x[:, None]
+    codes = np.unique([str(v) for v in values], return_inverse=True)[1]
+    return (codes[:, None] == np.arange(1, codes.max() + 1)[None, :]).astype("float64")
+
+
+def _explained(design: np.ndarray, scores: np.ndarray, picks: np.ndarray | None = None) -> np.ndarray:
+    """Adjusted R squared of a least-squares fit of each row of `scores` (rows: resamples) on `design` (or on
+    `design[picks]`, row by row): the share of variance explained beyond what as many random columns would
+    explain; 0 where negative or undefined."""
+    rows, n = scores.shape
+    z = design[picks] if picks is not None else np.broadcast_to(design, (rows, *design.shape))
+    z = np.concatenate([np.ones((rows, n, 1)), z], axis=2)
+    gram = np.einsum("rni,rnj->rij", z, z) + 1e-9 * np.eye(z.shape[2])
+    coef = np.linalg.solve(gram, np.einsum("rni,rn->ri", z, scores)[..., None])[..., 0]
+    residual = scores - np.einsum("rni,ri->rn", z, coef)
+    total = ((scores - scores.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    k = np.linalg.matrix_rank(z) - 1 if picks is not None else np.full(rows, np.linalg.matrix_rank(z[0]) - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adjusted = 1 - ((residual**2).sum(axis=1) / (n - k - 1)) / (total / (n - 1))
+    return np.where((k >= 1) & (n > k + 1) & (total > 1e-12), np.clip(np.nan_to_num(adjusted), 0.0, 1.0), 0.0)
 
 
 def _narrow_param(param: Param, top_values: list[Any]) -> Param:

@@ -120,7 +120,7 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     try:
         coarse = _coarse_stage(search, ctx, config)
         fine_space = narrow([(t.params, t.mean_score) for t in coarse.trials], coarse.space,
-                            config.search.fine.max_params, config.search.fine.top_fraction)
+                            config.search.fine.max_params, config.search.fine.top_fraction, seed=config.seed)
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
         say("\n" + fine_space.account() + "\n")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,18 +102,29 @@ def scores_vs_params(trials: Trials, params: Sequence[ParamView], metric: str, p
     return _save(fig, path)
 
 
-def influence(influences: Mapping[str, float], kept: set[str], path: Path | str) -> Path:
-    """Horizontal bars of each hyperparameter's share of the score ranks' variance explained, kept ones highlighted."""
+def influence(influences: Mapping[str, float], kept: set[str], path: Path | str, *,
+              intervals: Mapping[str, tuple[float, float]] | None = None, shown: Set[str] = frozenset()) -> Path:
+    """Horizontal bars of each hyperparameter's share of the score ranks' variance explained, kept ones
+    highlighted; `intervals` draws each share's 95% interval, and `shown` marks those distinguishable from chance."""
     clean = {name: share if math.isfinite(share) else 0.0 for name, share in influences.items()}
     ranked = sorted(clean.items(), key=lambda item: item[1])  # barh draws bottom-up: largest on top
     fig, axes = _figure(1, 1, (8.0, max(_SIZE[1], 0.4 * len(ranked) + 1.5)))
     ax = axes[0, 0]
     names, shares = [name for name, _ in ranked], [share for _, share in ranked]
     ax.barh(names, shares, color=[_KEPT if name in kept else _OTHER for name in names])
-    for y, share in enumerate(shares):
-        ax.text(share + 0.01, y, f"{share:.0%}", va="center", fontsize=9)
-    ax.set(xlim=(0, 1.1), title="Influence of each hyperparameter on the coarse score",
-           xlabel="share of score rank variance explained")
+    ends = list(shares)
+    if intervals:
+        low = [max(0.0, share - intervals.get(name, (share, share))[0]) for name, share in ranked]
+        high = [max(0.0, intervals.get(name, (share, share))[1] - share) for name, share in ranked]
+        ax.errorbar(shares, range(len(names)), xerr=[low, high], fmt="none", ecolor="0.2", capsize=3, linewidth=1)
+        ends = [share + h for share, h in zip(shares, high, strict=True)]
+    for y, (name, share) in enumerate(ranked):
+        mark = " shown to matter" if name in shown else ""
+        ax.text(ends[y] + 0.01, y, f"{share:.0%}{mark}", va="center", fontsize=9)
+    title = "Influence of each hyperparameter on the coarse score"
+    if intervals:
+        title += "\n(bars: 95% bootstrap interval; shown to matter: beats chance in a permutation test)"
+    ax.set(xlim=(0, 1.35), title=title, xlabel="share of score rank variance explained")
     ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
     ax.legend(handles=[Patch(color=_KEPT, label="kept (searched in fine stage)"),
                        Patch(color=_OTHER, label="fixed")], loc="lower right")

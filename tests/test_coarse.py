@@ -207,3 +207,27 @@ def test_worker_processes_are_replaced_between_slices(monkeypatch: pytest.Monkey
     # one replacement between the two slices, then the workers end with the stage
     assert ended == [False, True]
     assert reusable_executor._executor is None or reusable_executor._executor._flags.shutdown
+
+
+def test_the_next_fold_of_a_candidate_reuses_its_network_and_fits_as_a_new_one_would() -> None:
+    """The second fold of a candidate trains the first fold's network, reset (no new tracing), and scores bit
+    for bit what a newly built network scores; another candidate gets a new network."""
+    config, ctx = stage_inputs("model.epochs=4")
+    X, y = ctx.data.X_train, ctx.data.y_train
+    (train_a, _), (train_b, test_b) = make_cv(ctx.data, 2, config.seed).split(X, y)
+    values = {"units": 16, "layers": 2, "dropout": 0.3, "noise": 0.2, "l2": 1e-3, "optimizer": "adam"}
+
+    def fit(rows: np.ndarray, candidate: dict[str, object]) -> tuple[object, dict[str, list[float]], np.ndarray]:
+        estimator = make_estimator(ctx, candidate).fit(X[rows], y[rows])
+        net = coarse.find_net(estimator)
+        return net.model_, net.history_, estimator.predict_proba(X[test_b])
+
+    first, _, _ = fit(train_a, values)
+    reused, history, proba = fit(train_b, values)
+    assert reused is first and first.train_function is not None
+    other, _, _ = fit(train_a, {**values, "units": 17})
+    assert other is not first
+    new, new_history, new_proba = fit(train_b, values)
+    assert new is not first
+    assert history == new_history and len(history["loss"]) >= 2
+    np.testing.assert_array_equal(proba, new_proba)

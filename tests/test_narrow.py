@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from searchlab.config import compose
 from searchlab.narrow import FineSpace, narrow
 from searchlab.space import Param
 
@@ -62,18 +63,18 @@ def test_score_driver_is_most_influential_and_kept() -> None:
     trials = _lr_driven()
     fine = narrow(trials, SPACE, max_params=1, top_fraction=0.25)
     assert fine.decisions[0].name == "learning_rate"
-    assert fine.decisions[0].influence > 0.2
-    assert all(d.influence < fine.decisions[0].influence for d in fine.decisions[1:])
+    assert fine.decisions[0].influence.share > 0.2
+    assert all(d.influence.share < fine.decisions[0].influence.share for d in fine.decisions[1:])
     assert list(fine.tuned) == ["learning_rate"]
     best = _best(trials)
     assert fine.fixed == {name: best[name] for name in SPACE if name != "learning_rate"}
-    assert [d.influence for d in fine.decisions] == sorted((d.influence for d in fine.decisions), reverse=True)
+    assert [d.influence.share for d in fine.decisions] == sorted((d.influence.share for d in fine.decisions), reverse=True)
 
 
 def test_unrelated_parameters_have_low_influence() -> None:
     """Parameters the score ignores explain little of its variance."""
     fine = narrow(_lr_driven(n=60, seed=1), SPACE, max_params=5, top_fraction=0.25)
-    influence = {d.name: d.influence for d in fine.decisions}
+    influence = {d.name: d.influence.share for d in fine.decisions}
     assert all(influence[name] < 0.25 for name in SPACE if name != "learning_rate")
 
 
@@ -216,6 +217,71 @@ def test_zero_width_log_range_is_fixed() -> None:
     assert fine.fixed == {"learning_rate": 1e-4}
 
 
+# --- influence against chance ------------------------------------------------------------------
+
+DEFAULT_SPACE = compose().coarse_space()  # the ten hyperparameters a default search samples
+
+
+def _position(params: Mapping[str, Any], name: str) -> float:
+    """Where a value sits in its default range, 0 to 1 (on the log scale for a log range)."""
+    param = DEFAULT_SPACE[name]
+    scale = math.log if param.log else float
+    return (scale(params[name]) - scale(param.low)) / (scale(param.high) - scale(param.low))
+
+
+def _two_matter(params: Mapping[str, Any], noise: float) -> float:
+    """A response surface over the ten default hyperparameters on which two matter, with an optimum inside
+    each range (learning rate at 60% of its log range, units at 70%), plus `noise` (as a CV score has)."""
+    return -(_position(params, "learning_rate") - 0.6) ** 2 - (_position(params, "units") - 0.7) ** 2 + noise
+
+
+def test_two_hyperparameters_that_matter_are_kept_at_the_default_budget() -> None:
+    """On a surface where 2 of the default 10 hyperparameters matter, narrowing `n_iter` default candidates
+    keeps both in at least 9 of 10 seeds, and shows at least one of them to matter in most."""
+    defaults = compose()
+    n_iter, max_params = defaults.search.coarse.n_iter, defaults.search.fine.max_params
+    kept, shown = 0, 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        trials = [(p, _two_matter(p, 0.05 * rng.normal())) for p in _sample(DEFAULT_SPACE, n_iter, seed)]
+        fine = narrow(trials, DEFAULT_SPACE, max_params, defaults.search.fine.top_fraction, seed=seed)
+        kept += {"learning_rate", "units"} <= set(fine.tuned)
+        shown += bool({"learning_rate", "units"} & set(fine.shown))
+        assert set(fine.shown) <= {"learning_rate", "units"}, fine.account()
+    assert kept >= 9
+    assert shown >= 7
+
+
+def test_when_nothing_matters_the_account_says_so() -> None:
+    """Scores that depend on no hyperparameter: in 40 searches (20 candidates each) at most 4 show anything
+    (the test's level is 5%: 2 expected), and the account says plainly that none is shown to matter."""
+    false_alarms = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        fine = narrow([(p, float(rng.normal())) for p in _sample(DEFAULT_SPACE, 20, seed)], DEFAULT_SPACE, 3, 0.25,
+                      seed=seed)
+        false_alarms += bool(fine.shown)
+        if not fine.shown:
+            assert "No hyperparameter shown to matter" in fine.account()
+            assert all("not distinguishable from chance" in d.explain() for d in fine.decisions)
+    assert false_alarms <= 4
+
+
+def test_influence_intervals_and_p_values() -> None:
+    """Each influence lies in its interval, p-values grow down the ranking, and the same seed repeats exactly."""
+    trials = _lr_driven(n=40, seed=4)
+    fine = narrow(trials, SPACE, 2, 0.25, seed=3)
+    assert fine.shown[:1] == ["learning_rate"]
+    for d in fine.decisions:
+        assert 0.0 <= d.influence.low <= d.influence.high <= 1.0
+        assert 0.0 < d.influence.p_value <= 1.0
+    lr = fine.decisions[0].influence
+    assert lr.low <= lr.share <= lr.high and lr.low > 0.2
+    p_values = [d.influence.p_value for d in fine.decisions if d.influence.share > 0]
+    assert p_values == sorted(p_values)
+    assert narrow(trials, SPACE, 2, 0.25, seed=3) == fine
+
+
 # --- properties over random spaces and trials ------------------------------------------------
 
 
@@ -291,7 +357,7 @@ def test_narrowed_space_stays_inside_original(problem: tuple[dict[str, Param], T
     for name, value in fine.fixed.items():
         assert _inside(value, space[name]), (name, value, space[name])
     for decision in fine.decisions:
-        assert 0.0 <= decision.influence <= 1.0 + 1e-9  # a share of variance, up to rounding
+        assert 0.0 <= decision.influence.share <= 1.0 + 1e-9  # a share of variance, up to rounding
 
 
 @settings(max_examples=200, deadline=None)
