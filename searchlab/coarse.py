@@ -244,7 +244,8 @@ def run_coarse(
 ) -> CoarseResult:
     """Cross-validate `settings.n_iter` random candidates from `space`.
 
-    Hyperparameters outside `space` keep their defaults (`ctx.defaults`). The fits run in `settings.n_jobs`
+    Hyperparameters outside `space` keep their defaults (`ctx.defaults`); a fit trains at most `settings.epochs`
+    epochs (low fidelity: enough to rank candidates), or `ctx.model.epochs`. The fits run in `settings.n_jobs`
     local worker processes, or on the Dask cluster `dask` describes.
 
     Args:
@@ -285,7 +286,7 @@ def run_coarse(
                 if start:
                     end_fit_workers(kill=False)
                 search = _StreamingSearch(
-                    make_estimator(ctx), {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
+                    make_estimator(ctx, {"epochs": settings.epochs} if settings.epochs else None), {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
                     numbers=frozenset(pending[start:start + per_slice]), batch_size=workers,
                     candidate_key=candidate_key, report=report, n_iter=settings.n_iter,
                     scoring=_HistoryScorer(ctx.scoring.name, history_dir), cv=cv, n_jobs=settings.n_jobs,

@@ -199,6 +199,7 @@ class CoarseConfig:
     scoring: str | None = None
     n_jobs: int = -1
     random_state: int | None = None
+    epochs: int | None = _bounded(None, Interval(1))  # cap on a coarse fit's epochs; null: model.epochs
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
     space: dict[str, Any] = field(default_factory=dict)
 
@@ -210,7 +211,7 @@ class FineConfig:
     top_fraction: float = _bounded(0.25, Interval(0.0, 1.0, "right"))
     validation_fraction: float = _bounded(0.2, Interval(0.0, 0.5, "right"))
     executions_per_trial: int = _bounded(1, Interval(1))
-    points: int = _bounded(3, Interval(1))
+    points: int = _bounded(3, Interval(2))  # a range's two ends at least
     max_epochs: int = _bounded(30, Interval(2))
     factor: int = _bounded(3, Interval(2))
     hyperband_iterations: int = _bounded(1, Interval(1))
@@ -400,6 +401,9 @@ def _to_param(name: str, entry: Any) -> Param:
     key = f"search.coarse.space.{name}"
     if name not in HYPERPARAMETERS:
         _fail(key, name, "named after a hyperparameter: " + ", ".join(HYPERPARAMETERS))
+    if name == "epochs":  # early stopping picks each fit's epochs, the fine stages theirs (max_epochs, Hyperband)
+        raise ConfigError(f"{key}: epochs is not searched: model.epochs caps every fit and early stopping "
+                          "(model.patience) ends it; set those instead.")
     fields = ParamSpec.__dataclass_fields__
     if not isinstance(entry, dict) or "type" not in entry or set(entry) - set(fields):
         _fail(key, entry, "a mapping with `type` and only the keys " + ", ".join(fields))

@@ -85,7 +85,7 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
         ("model.scaling=minmax", ["model.scaling", "'minmax'", "standard", "quantile"]),
         ("model.learning_rate=0", ["model.learning_rate", "0", "> 0"]),
         ("search.fine.max_params=0", ["search.fine.max_params", "0", ">= 1"]),
-        ("search.fine.points=0", ["search.fine.points", "0", ">= 1"]),
+        ("search.fine.points=1", ["search.fine.points", "1", ">= 2"]),
         ("dataset.test_size=0", ["dataset.test_size", "0", "> 0", "< 1"]),
         ("dataset.test_size=1", ["dataset.test_size", "1", "> 0", "< 1"]),
         ("dataset=csv", ["dataset.path", "None", "CSV"]),
@@ -114,9 +114,16 @@ def test_unknown_hyperparameter_added_with_plus_raises_config_error(make_config:
 
 
 def test_valid_hyperparameter_can_be_added_with_plus(make_config: MakeConfig) -> None:
-    """`+search.coarse.space.epochs={...}` adds `epochs` to the coarse space."""
-    config = make_config("+search.coarse.space.epochs={type:int,low:5,high:50}")
-    assert config.coarse_space()["epochs"] == Param("epochs", "int", 5.0, 50.0, False)
+    """`+search.coarse.space.scaling={...}` adds `scaling` to the coarse space."""
+    config = make_config("+search.coarse.space.scaling={type:choice,values:[standard,piecewise]}")
+    assert config.coarse_space()["scaling"] == Param("scaling", "choice", values=("standard", "piecewise"))
+
+
+def test_epochs_is_not_searched(make_config: MakeConfig) -> None:
+    """Every stage lets early stopping choose a fit's epochs: a searched `epochs` would bind the coarse winner
+    only, so the space refuses it and says what to set instead."""
+    with pytest.raises(ConfigError, match=r"^search\.coarse\.space\.epochs: .*model\.epochs .*model\.patience"):
+        make_config("+search.coarse.space.epochs={type:int,low:5,high:50}")
 
 
 @pytest.mark.parametrize("override", ["search.coarse.space.units.high=inf", "search.coarse.space.layers.low=nan"])
