@@ -262,6 +262,7 @@ def run_coarse(
     candidate_key = _net_prefix(ctx.data) + "model__candidate"
     X, y = ctx.data.X_train, ctx.data.y_train
     fold_keys = [_fold_key(X[test]) for _, test in cv.split(X, y)]
+    estimator = make_estimator(ctx, {"epochs": settings.epochs} if settings.epochs else None)
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir:
 
         def report(candidates: list[dict[str, Any]], results: dict[str, Any], started: float) -> None:
@@ -286,7 +287,7 @@ def run_coarse(
                 if start:
                     end_fit_workers(kill=False)
                 search = _StreamingSearch(
-                    make_estimator(ctx, {"epochs": settings.epochs} if settings.epochs else None), {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
+                    estimator, {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
                     numbers=frozenset(pending[start:start + per_slice]), batch_size=workers,
                     candidate_key=candidate_key, report=report, n_iter=settings.n_iter,
                     scoring=_HistoryScorer(ctx.scoring.name, history_dir), cv=cv, n_jobs=settings.n_jobs,
