@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from compare import DATA_ENV, SHARED, dataset_overrides
@@ -31,9 +32,9 @@ from searchlab.metrics import scoring_for
 RESULTS = Path(__file__).parent / "results"
 
 
-def measure(overrides: tuple[str, ...], n_iter: int, caps: list[int]) -> dict[str, object]:
+def measure(overrides: tuple[str, ...], n_iter: int, caps: list[int]) -> dict[str, dict[str, Any]]:
     """Each cap's and the full budget's coarse stage over the same candidates and folds."""
-    runs: dict[str, dict[str, object]] = {}
+    runs: dict[str, dict[str, Any]] = {}
     for cap in [*caps, None]:
         config = compose(*overrides, f"search.coarse.n_iter={n_iter}", f"search.coarse.epochs={cap or 'null'}",
                          "verbose=0")
