@@ -113,7 +113,7 @@ CONFIG_CASES = [
                  id="test_size-0"),
     pytest.param(["dataset=synthetic", "dataset.test_size=1.5"], ["dataset.test_size", "< 1", "1.5"], True,
                  id="test_size-1.5"),
-    pytest.param(["search.fine.points=0"], ["search.fine.points", ">= 1", "got 0"], True, id="fine-points-0"),
+    pytest.param(["search.fine.points=1"], ["search.fine.points", ">= 2", "got 1"], True, id="fine-points-1"),
     pytest.param(["search.fine.max_epochs=1"], ["search.fine.max_epochs", ">= 2", "got 1"], True,
                  id="fine-max_epochs-1"),
     pytest.param(["model.epochs=0"], ["model.epochs", ">= 1", "got 0"], True, id="epochs-0"),
