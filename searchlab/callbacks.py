@@ -16,7 +16,7 @@ from typing import Any
 class TrialEnd:
     """One finished trial of a stage, as a callback sees it."""
 
-    stage: str  # "coarse" or "fine"
+    stage: str  # "coarse", "fine", or "confirm" (a fine trial re-scored: its mean over the splits)
     label: str  # as in its run's name: coarse-003, fine-0004, coarse-winner
     params: Mapping[str, Any]  # the values that tell it apart (sampled, or tuned by the fine stage)
     score: float  # higher is better (scikit-learn's sign); NaN when the trial failed

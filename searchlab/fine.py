@@ -55,10 +55,16 @@ class FineTrial:
     start_time: float = 0.0
     end_time: float = 0.0
     first_epoch: int = 0  # Hyperband continues some trials from an earlier one's weights
+    confirm_scores: tuple[float, ...] = ()  # scores on further validation splits (`confirm`)
 
     @property
     def ok(self) -> bool:
         return self.error is None and math.isfinite(self.score)
+
+    @property
+    def confirmed_score(self) -> float:
+        """The mean score over every split the trial was scored on (NaN if one failed)."""
+        return float(np.mean([self.score, *self.confirm_scores]))
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,18 @@ class FineResult:
     coarse_winner: FineTrial
 
     @property
+    def all_trials(self) -> tuple[FineTrial, ...]:
+        """The tuner's trials, then the coarse winner."""
+        return (*self.trials, self.coarse_winner)
+
+    @property
     def best(self) -> FineTrial:
-        """The best completed trial, the coarse winner included."""
-        candidates = [t for t in (*self.trials, self.coarse_winner) if t.ok]
+        """The completed trial (the coarse winner included) with the best mean over its splits among those
+        `confirm` re-scored; without re-scoring, the best score on the fixed split."""
+        candidates = [t for t in self.all_trials if t.ok]
+        confirmed = [t for t in candidates if t.confirm_scores and math.isfinite(t.confirmed_score)]
+        if confirmed:
+            return max(confirmed, key=lambda t: t.confirmed_score)
         return max(candidates, key=lambda t: t.score)
 
 
@@ -135,10 +150,7 @@ def run_fine(
     winner_values = {**ctx.defaults, **coarse_best}
     tuned = space.tuned.get("scaling")
     scalings = {base["scaling"], winner_values["scaling"], *(tuned.values if tuned else ())}
-    job = _TrainJob(values={}, data=scaled_splits(ctx.data, settings.validation_fraction, ctx.seed, scalings),
-                    task=ctx.data.task, n_classes=ctx.data.n_classes, model_settings=ctx.model, seed=ctx.seed,
-                    executions=settings.executions_per_trial, epochs=ctx.model.epochs,
-                    objective=ctx.scoring.val_key, negated=ctx.scoring.negated, verbose=ctx.verbose)
+    job = _train_job(ctx, settings, ctx.seed, scalings)
     search = FineSearch(space, base, settings, ctx.scoring, ctx.seed, workdir, job)
     tuner = search.tuner(report, finished)
     try:
@@ -157,6 +169,57 @@ def run_fine(
         tuner.stop()
     trials = sorted((t for trial_id, t in done.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
+
+
+def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
+            on_trial: Callable[[FineTrial], None] | None = None) -> FineResult:
+    """Re-score the `settings.confirm_top` best trials (the coarse winner among them) on `settings.confirm_splits`
+    further validation splits, each trained afresh under the fine protocol, so the final choice is the best mean
+    over several splits rather than the maximum of many single-split scores (the winner's curse).
+
+    Args:
+        on_trial: called with each re-scored trial.
+    """
+    ranked = sorted((t for t in fine.all_trials if t.ok), key=lambda t: -t.score)[:settings.confirm_top]
+    if len(ranked) < 2:
+        return fine
+    pool = TrialPool()
+    rescored: dict[str, FineTrial] = {}
+    try:
+        for trial in ranked:
+            scores = []
+            for k in range(1, settings.confirm_splits + 1):
+                job = _train_job(ctx, settings, ctx.seed + k, {trial.params["scaling"]})
+                epochs = settings.max_epochs if settings.kind == "hyperband" else ctx.model.epochs
+                try:
+                    histories = pool.run(_train, dataclasses.replace(job, values=trial.params, epochs=epochs))
+                    scores.append(best_score(histories, ctx.scoring))
+                except kt.errors.FailedTrialError:
+                    scores.append(float("nan"))
+            rescored[trial.trial_id] = dataclasses.replace(trial, confirm_scores=tuple(scores))
+            if on_trial is not None:
+                on_trial(rescored[trial.trial_id])
+    finally:
+        pool.kill()
+    trials = tuple(rescored.get(t.trial_id, t) for t in fine.trials)
+    return FineResult(trials, rescored.get(COARSE_WINNER, fine.coarse_winner))
+
+
+def best_score(histories: Iterable[Mapping[str, list[float]]], scoring: Scoring) -> float:
+    """A trial's score: its best epoch's validation metric (higher is better), the executions' curves averaged."""
+    curves = mean_curves([{k: v for k, v in h.items() if k != "epoch"} for h in histories])
+    series = [v for v in curves.get(scoring.val_key, []) if math.isfinite(v)]
+    if not series:
+        return float("nan")
+    return scoring.to_score(min(series) if scoring.negated else max(series))
+
+
+def _train_job(ctx: SearchContext, settings: FineConfig, split_seed: int, scalings: Iterable[str]) -> _TrainJob:
+    """The fine protocol's training job (values still to fill in) on the validation split `split_seed` draws."""
+    return _TrainJob(values={}, data=scaled_splits(ctx.data, settings.validation_fraction, split_seed, scalings),
+                     task=ctx.data.task, n_classes=ctx.data.n_classes, model_settings=ctx.model, seed=ctx.seed,
+                     executions=settings.executions_per_trial, epochs=ctx.model.epochs,
+                     objective=ctx.scoring.val_key, negated=ctx.scoring.negated, verbose=ctx.verbose)
 
 
 class TrialPool:
@@ -395,10 +458,7 @@ class _TrackingMixin:
     def _record(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any], error: str | None) -> FineTrial:
         curves = mean_curves([{k: v for k, v in h.items() if k != "epoch"} for h in self._histories])
         first_epoch = min((int(h["epoch"][0]) for h in self._histories if h["epoch"]), default=0)
-        key = self.scoring.val_key
-        series = [v for v in curves.get(key, []) if math.isfinite(v)]
-        best = (min(series) if self.scoring.negated else max(series)) if series else float("nan")
-        score = self.scoring.to_score(best) if error is None else float("nan")
+        score = best_score(self._histories, self.scoring) if error is None else float("nan")
         return FineTrial(trial_id, values, tuned, score, curves, error, self._started, time.time(), first_epoch)
 
 

@@ -27,7 +27,7 @@ from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, best_epoch_count, refit_and_test
-from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, run_fine
+from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, confirm, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
@@ -59,6 +59,15 @@ class SearchResult:
         best = self.fine.best
         return "the coarse winner" if best.trial_id == COARSE_WINNER else f"fine trial {best.trial_id}"
 
+    def _confirmation(self) -> str:
+        """The re-scored trials' means over their validation splits, best first."""
+        rescored = sorted((t for t in self.fine.all_trials if t.confirm_scores), key=lambda t: -t.confirmed_score)
+        splits = 1 + len(rescored[0].confirm_scores)
+        means = ", ".join(f"{records.fine_label(t.trial_id)} {self.scoring.to_metric(t.confirmed_score):.4f} "
+                          f"(± {np.std([t.score, *t.confirm_scores]):.4f})" for t in rescored)
+        return (f"- **Re-scored** (the best {len(rescored)} on {splits} validation splits each, mean ± spread "
+                f"of {self.scoring.display_name}): {means}")
+
     def summary(self) -> str:
         """Markdown summary: printed at the end and shown as the search run's description."""
         metric = self.scoring.display_name
@@ -72,10 +81,11 @@ class SearchResult:
             f"{self.scoring.to_metric(coarse_best.mean_score):.4f}"
             f" ± {coarse_best.std_score:.4f} with {format_params(coarse_best.params)}",
             f"- **Fine** ({len(self.fine.trials)} trials + the coarse winner): best validation {metric} "
-            f"{self.scoring.to_metric(fine_best.score):.4f} from {self.chosen_from}; coarse winner under the same "
-            f"protocol: {self.scoring.to_metric(self.fine.coarse_winner.score):.4f}",
-            f"- **Chosen:** {format_params(self.final.params)} (refit on all training rows for "
-            f"{self.final.epochs} epochs)",
+            f"{self.scoring.to_metric(max(t.score for t in self.fine.all_trials if t.ok)):.4f}; coarse winner "
+            f"under the same protocol: {self.scoring.to_metric(self.fine.coarse_winner.score):.4f}",
+            *([self._confirmation()] if fine_best.confirm_scores else []),
+            f"- **Chosen:** {self.chosen_from}, {format_params(self.final.params)} (refit on all training rows "
+            f"for {self.final.epochs} epochs)",
             "- **Test vs baseline:** " + ", ".join(
                 f"{k} {v:.4f} (baseline {self.final.baseline_metrics[k]:.4f})"
                 for k, v in self.final.test_metrics.items()),
@@ -240,7 +250,17 @@ def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_
     fine = run_fine(ctx, fine_space, coarse_best.params, settings, workdir=_work_dir(tracker.uri, search.run_id),
                     on_trial=on_trial,
                     finished=finished.fine, distribute=distribute if settings.workers else None)
-    all_trials = (*fine.trials, fine.coarse_winner)
+    if settings.confirm_top:
+        hooks.on_stage_begin("confirm", min(settings.confirm_top, sum(t.ok for t in fine.all_trials)))
+
+        def on_confirmed(trial: FineTrial) -> None:
+            records.log_confirmation(tracker, run_ids[trial.trial_id], trial, ctx.scoring)
+            shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
+            hooks.on_trial_end(records.confirm_end(trial, ctx.scoring, shown))
+
+        fine = confirm(ctx, fine, settings, on_trial=on_confirmed)
+        hooks.on_stage_end("confirm")
+    all_trials = fine.all_trials
     if not any(t.ok for t in all_trials):
         raise StageFailedError(f"all {len(all_trials)} fine trials failed; see the FAILED trial runs' "
                                f"{records.ERROR_TAG} tags.")

@@ -16,6 +16,7 @@ runs the same code as a new one, with those trials replayed instead of trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,12 @@ def fine_end(trial: FineTrial, scoring: Scoring, shown: Mapping[str, Any]) -> Tr
                     trial.error, trial.start_time, trial.end_time)
 
 
+def confirm_end(trial: FineTrial, scoring: Scoring, shown: Mapping[str, Any]) -> TrialEnd:
+    """A re-scored fine trial as callbacks see it: its mean score over every split it was scored on."""
+    return TrialEnd("confirm", fine_label(trial.trial_id), shown, trial.confirmed_score,
+                    scoring.to_metric(trial.confirmed_score), None, trial.start_time, trial.end_time)
+
+
 def log_coarse_trial(tracker: Tracker, stage_run: str, trial: CoarseTrial, scoring: Scoring) -> str:
     """Write a finished coarse candidate under the coarse stage run; returns its run id."""
     metrics = {"cv_score_mean": trial.mean_score, "cv_score_std": trial.std_score,
@@ -133,6 +140,14 @@ def log_fine_trial(tracker: Tracker, stage_run: str, trial: FineTrial, scoring: 
         stage_run, f"{fine_label(trial.trial_id)} {format_params(shown)}", tags=tags, params=trial.params,
         metrics=metrics, curves=trial.curves, start_time=trial.start_time, end_time=trial.end_time,
         failed=trial.error is not None, first_step=trial.first_epoch)
+
+
+def log_confirmation(tracker: Tracker, run_id: str, trial: FineTrial, scoring: Scoring) -> None:
+    """Add a re-scored fine trial's scores on further validation splits (`fine.confirm`) to its run."""
+    scores = {f"confirm_score_{k}": score for k, score in enumerate(trial.confirm_scores, 1)}
+    scores |= {"confirmed_score": trial.confirmed_score,
+               f"confirmed_{scoring.display_name}": scoring.to_metric(trial.confirmed_score)}
+    tracker.log(run_id, metrics={key: value for key, value in scores.items() if math.isfinite(value)})
 
 
 def mark_winner(tracker: Tracker, run_id: str) -> None:

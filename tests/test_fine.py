@@ -3,18 +3,20 @@ trials, and the one worker process that trains them."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from joblib.externals.loky.process_executor import ShutdownExecutorError
 
 from searchlab.config import Config
 from searchlab.context import SearchContext
-from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, TrialPool, run_fine
+from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, TrialPool, confirm, run_fine
 from searchlab.narrow import FineSpace
 from searchlab.space import Param, grid_size
 from tests.conftest import stage_inputs
@@ -122,3 +124,36 @@ def test_kill_ends_a_running_trial_without_waiting_for_it() -> None:
     thread.join(60)
     assert time.monotonic() - started < 30
     assert outcome and isinstance(outcome[0], ShutdownExecutorError)
+
+
+def test_confirm_rescores_the_best_on_other_splits_and_chooses_by_the_mean(grid: tuple[Any, ...]) -> None:
+    """The best `confirm_top` trials (the coarse winner is one of the candidates) train again on
+    `confirm_splits` other validation splits; the choice is the best mean, which a lucky single split cannot
+    decide; the rest are untouched. The same inputs repeat the same scores."""
+    config, ctx, _, _, result = grid
+    settings = dataclasses.replace(config.search.fine, confirm_top=2, confirm_splits=2)
+    reported: list[FineTrial] = []
+    confirmed = confirm(ctx, result, settings, on_trial=reported.append)
+    by_score = sorted((t for t in result.all_trials if t.ok), key=lambda t: -t.score)
+    assert [t.trial_id for t in reported] == [t.trial_id for t in by_score[:2]]
+    rescored = [t for t in confirmed.all_trials if t.confirm_scores]
+    assert {t.trial_id for t in rescored} == {t.trial_id for t in reported}
+    for trial in rescored:
+        assert len(trial.confirm_scores) == 2 and all(0.0 <= s <= 1.0 for s in trial.confirm_scores)
+        assert trial.confirmed_score == pytest.approx(np.mean([trial.score, *trial.confirm_scores]))
+    assert confirmed.best in rescored
+    assert confirmed.best.confirmed_score == max(t.confirmed_score for t in rescored)
+    untouched = [t for t in confirmed.all_trials if not t.confirm_scores]
+    assert len(untouched) == len(result.all_trials) - 2
+    again = confirm(ctx, result, settings)
+    assert [t.confirm_scores for t in again.all_trials] == [t.confirm_scores for t in confirmed.all_trials]
+
+
+def test_a_tie_on_one_split_is_decided_by_the_mean() -> None:
+    """`FineResult.best` prefers the re-scored trial with the best mean even when another scored higher once."""
+    lucky = FineTrial("0001", {}, {}, 0.95, confirm_scores=(0.80, 0.82))
+    steady = FineTrial("0002", {}, {}, 0.90, confirm_scores=(0.89, 0.91))
+    other = FineTrial("0003", {}, {}, 0.85)
+    winner = FineTrial(COARSE_WINNER, {}, {}, 0.70)
+    assert FineResult((lucky, steady, other), winner).best is steady
+    assert FineResult((dataclasses.replace(lucky, confirm_scores=()), other), winner).best.trial_id == "0001"

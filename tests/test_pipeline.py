@@ -84,6 +84,10 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -
         else:
             assert len(trials) == len(result.fine.trials) + 1  # + the coarse winner
             assert len(trials) >= 3
+            rescored = [t for t in trials if "confirmed_score" in t.data.metrics]
+            assert len(rescored) == 2 and all("confirm_score_1" in t.data.metrics for t in rescored)
+            [winner] = [t for t in trials if t.data.tags.get("searchlab.winner") == "true"]
+            assert winner.data.metrics["confirmed_score"] == max(t.data.metrics["confirmed_score"] for t in rescored)
     # no run left looking alive
     assert not _runs(client, exp, "attributes.status = 'RUNNING'")
 
@@ -158,12 +162,18 @@ def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClie
 def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, _, recorder = smoke
     n_fine = len(result.fine.trials) + 1
-    assert recorder.events == ["begin coarse 4", "end coarse", f"begin fine {n_fine}", "end fine"]
-    assert [t.label for t in recorder.trials] == [
+    assert recorder.events == ["begin coarse 4", "end coarse", f"begin fine {n_fine}", "begin confirm 2",
+                               "end confirm", "end fine"]
+    trained = [t for t in recorder.trials if t.stage != "confirm"]
+    assert [t.label for t in trained] == [
         *(f"coarse-{t.number:03d}" for t in result.coarse.trials),
         *(f"fine-{t.trial_id}" for t in result.fine.trials), "coarse-winner"]
-    assert [t.score for t in recorder.trials[:4]] == [t.mean_score for t in result.coarse.trials]
-    assert recorder.trials[-1].metric == result.fine.coarse_winner.score  # accuracy: the metric is the score
+    assert [t.score for t in trained[:4]] == [t.mean_score for t in result.coarse.trials]
+    assert trained[-1].metric == result.fine.coarse_winner.score  # accuracy: the metric is the score
+    rescored = {t.label: t.score for t in recorder.trials if t.stage == "confirm"}
+    assert rescored == {("coarse-winner" if t.trial_id == "coarse-winner" else f"fine-{t.trial_id}"): t.confirmed_score
+                        for t in result.fine.all_trials if t.confirm_scores}
+    assert len(rescored) == 2 and result.fine.best.confirm_scores
 
 
 def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
