@@ -14,7 +14,8 @@ shuffled over the candidates, and a hyperparameter is *shown to matter* when its
 beats the largest of all hyperparameters' influences in 95% of the shuffles (a family-wise
 test: with nothing to find, 5% of searches report anything). Those are searched first;
 free places go to the next most influential. The searched few keep a range spanning the
-best candidates' values; the rest are fixed at the best candidate's values.
+best candidates' values; the rest are fixed: a number at the best candidate's value, a choice at the one
+whose candidates rank best on average (a single lucky candidate does not decide a choice).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Decision:
         share = f"explains {self.influence.describe()} of the score ranks' variance"
         if self.narrowed is None:
             value = _fmt(self.fixed_value)
-            return f"{self.name}: {share}; fixed at {value}, the best candidate's value ({self.why_fixed})"
+            return f"{self.name}: {share}; fixed at {value}, {self.why_fixed}"
         return f"{self.name}: {share}; kept, {_range(self.original)} -> {_range(self.narrowed)}"
 
 
@@ -152,10 +153,19 @@ def narrow(
         if len(tuned) < max_params and not _degenerate(narrowed):
             tuned[name] = narrowed
             decisions.append(Decision(name, influence[name], param, narrowed))
+        elif _degenerate(narrowed):
+            decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]),
+                                      f"the best {n_top} candidates' value"))
+        elif param.kind == "choice":
+            value, mean_rank = _best_on_average([t[0][name] for t in trials], ranks, param)
+            decisions.append(Decision(name, influence[name], param, None, value,
+                                      f"the choice whose candidates rank best on average ({mean_rank:.1f} of "
+                                      f"{len(trials)}, shrunk towards the mean); only the {max_params} most "
+                                      "influential are searched further"))
         else:
-            why = (f"the best {n_top} candidates agree on it" if _degenerate(narrowed)
-                   else f"only the {max_params} most influential are searched further")
-            decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]), why))
+            decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]),
+                                      f"the best candidate's value; only the {max_params} most influential are "
+                                      "searched further"))
     fixed = {d.name: d.fixed_value for d in decisions if not d.kept}
     return FineSpace(tuned, fixed, tuple(decisions), len(trials), n_top, int((~ok).sum()))
 
@@ -184,6 +194,17 @@ def influences(features: Mapping[str, np.ndarray], scores: np.ndarray, rng: np.r
         low, high = np.quantile(_explained(features[name], resampled, picks), [0.025, 0.975])
         result[name] = Influence(shares[name], float(low), float(high), p_value if shares[name] > 0 else 1.0)
     return result
+
+
+def _best_on_average(values: list[Any], ranks: np.ndarray, param: Param, prior: float = 2.0) -> tuple[Any, float]:
+    """The choice whose candidates' score ranks are highest on average, each mean shrunk towards the overall mean
+    as if `prior` average candidates had drawn it too (one lucky candidate is not evidence); and that mean."""
+    labels = np.array([str(v) for v in values])
+    overall = float(ranks.mean())
+    means = {choice: (float(ranks[labels == str(choice)].sum()) + prior * overall)
+             / (int((labels == str(choice)).sum()) + prior) for choice in param.values}
+    choice = max(param.values, key=lambda c: means[c])  # ties: the first in the space's order
+    return choice, means[choice]
 
 
 def _design(values: list[Any], param: Param) -> np.ndarray:

@@ -67,7 +67,9 @@ def test_score_driver_is_most_influential_and_kept() -> None:
     assert all(d.influence.share < fine.decisions[0].influence.share for d in fine.decisions[1:])
     assert list(fine.tuned) == ["learning_rate"]
     best = _best(trials)
-    assert fine.fixed == {name: best[name] for name in SPACE if name != "learning_rate"}
+    assert {k: v for k, v in fine.fixed.items() if k != "optimizer"} == {
+        name: best[name] for name in SPACE if name not in ("learning_rate", "optimizer")}
+    assert fine.fixed["optimizer"] in SPACE["optimizer"].values
     assert [d.influence.share for d in fine.decisions] == sorted((d.influence.share for d in fine.decisions), reverse=True)
 
 
@@ -129,6 +131,23 @@ def test_choice_keeps_only_categories_of_best() -> None:
         assert fine.tuned["optimizer"].values == tuple(v for v in SPACE["optimizer"].values if v in top_choices)
     else:
         assert fine.fixed["optimizer"] in top_choices
+
+
+def test_a_fixed_choice_is_decided_by_all_candidates_not_the_luckiest() -> None:
+    """Learning rate drives the score and is the one searched further; adam's candidates rank better on average
+    than sgd's, but the single best candidate used sgd: the optimizer is fixed at adam, and the account says why."""
+    space = {"learning_rate": SPACE["learning_rate"], "optimizer": SPACE["optimizer"]}
+    bonus = {"adam": 0.5, "rmsprop": 0.0, "sgd": -0.5}
+    trials: Trials = []
+    for i, p in enumerate(_sample(space, 30, 6)):
+        optimizer = ("adam", "rmsprop", "sgd")[i % 3]
+        trials.append(({**p, "optimizer": optimizer}, 10 * _lr_score(p) + bonus[optimizer]))
+    trials.append(({"learning_rate": 3e-3, "optimizer": "sgd"}, max(score for _, score in trials) + 1.0))
+    assert _best(trials)["optimizer"] == "sgd"
+    fine = narrow(trials, space, max_params=1, top_fraction=0.25)
+    assert list(fine.tuned) == ["learning_rate"]
+    assert fine.fixed == {"optimizer": "adam"}
+    assert "optimizer: " in fine.account() and "rank best on average" in fine.account()
 
 
 @pytest.mark.parametrize("max_params", [1, 2, 3, 5, 10])
