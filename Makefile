@@ -32,8 +32,10 @@ lint: install
 	$(BIN)/ruff check searchlab tests bench
 	$(BIN)/mypy searchlab bench
 
-# searchlab against RandomizedSearchCV, KerasTuner Hyperband and HalvingRandomSearchCV (hours; ARGS=--quick: minutes).
+# searchlab against RandomizedSearchCV, KerasTuner Hyperband, HalvingRandomSearchCV and Optuna (hours; ARGS=--quick:
+# minutes). Optuna comes from the `bench` extras, installed here only.
 bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test,bench]"
 	$(BIN)/python bench/compare.py $(ARGS)
 
 ui: install

@@ -1,6 +1,6 @@
-"""The five benchmarked methods on one data set: each returns a `MethodResult`.
+"""The six benchmarked methods on one data set: each returns a `MethodResult`.
 
-Every method sees the same `Bench` (configuration, data and test split, budget plan). The three
+Every method sees the same `Bench` (configuration, data and test split, budget plan). The four
 non-searchlab methods refit their best candidate on all training rows with
 `searchlab.final.refit_and_test`, for the epoch count where its validation loss was lowest.
 """
@@ -54,7 +54,8 @@ from searchlab.model import (
 )
 from searchlab.space import Param
 
-METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search")
+METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search",
+           "optuna-tpe")
 SEARCHLAB_EXPERIMENT = "bench-searchlab"  # the searchlab methods' own run trees
 Trace = list[tuple[float, float]]  # (seconds since the method started, validation score) per finished trial
 
@@ -114,6 +115,7 @@ def run_method(bench: Bench, method: str) -> MethodResult:
         "random-search": run_random_search,
         "kerastuner-hyperband": run_keras_tuner,
         "halving-random-search": run_halving,
+        "optuna-tpe": run_optuna,
     }
     started = time.time()
     try:
@@ -353,6 +355,93 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     return MethodResult("kerastuner-hyperband", settings, bench.plan.kerastuner, scoring.to_score(best.score), test,
                         trials=len(trials), epochs_trained=sum(map(len, tuner.val_curve.values())) + refit_epochs,
                         trace=trace, best_params=params)
+
+
+# -- Optuna -------------------------------------------------------------------------------------
+
+class _ReportEpochs(keras.callbacks.Callback):
+    """Reports each epoch's validation score to an Optuna trial and stops the fit when the pruner says so."""
+
+    def __init__(self, trial: Any, val_key: str, scoring: Scoring) -> None:
+        super().__init__()
+        self.trial, self.val_key, self.scoring = trial, val_key, scoring
+        self.pruned = False
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        value = (logs or {}).get(self.val_key)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.trial.report(self.scoring.to_score(float(value)), epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            self.model.stop_training = True
+
+
+def run_optuna(bench: Bench, started: float) -> MethodResult:
+    """Optuna's TPE sampler with a median pruner on epochs, over the coarse space, on searchlab's fine-stage
+    validation split and training callbacks, until the trained epochs reach the budget B (less the refit)."""
+    try:
+        import optuna
+    except ImportError as exc:
+        raise RuntimeError("optuna-tpe needs the bench extras: pip install -e '.[bench]' (make bench does)") from exc
+    data, fine, scoring = bench.data, bench.config.search.fine, bench.scoring
+    scaling = bench.space.get("scaling")
+    scalings = scaling.values if scaling is not None else (bench.defaults["scaling"],)
+    splits = scaled_splits(data, fine.validation_fraction, bench.seed, scalings)
+    curves: dict[int, dict[str, list[float]]] = {}
+    ended: dict[int, float] = {}
+
+    def suggest(trial: Any, param: Param) -> Any:
+        if param.kind == "choice":
+            return trial.suggest_categorical(param.name, list(param.values))
+        if param.kind == "int":
+            return trial.suggest_int(param.name, int(param.low), int(param.high), log=param.log)
+        return trial.suggest_float(param.name, param.low, param.high, log=param.log)
+
+    def objective(trial: Any) -> float:
+        values = {**bench.defaults, **{name: suggest(trial, p) for name, p in bench.space.items()}}
+        build, fit = split_hyperparameters(values)
+        split = splits[values["scaling"]]
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(bench.seed)
+        model = build_model(n_features=split.X_fit.shape[1], task=data.task, n_classes=data.n_classes,
+                            steps_per_execution=bench.config.model.steps_per_execution,
+                            target_scale=split.target_scale, **build)
+        report = _ReportEpochs(trial, scoring.val_key, scoring)
+        callbacks = [*training_callbacks(bench.config.model, scoring.val_key, scoring.direction), report]
+        history = fit_model(model, split.X_fit, split.y_fit, validation=(split.X_val, split.y_val),
+                            batch_size=fit["batch_size"], epochs=bench.plan.epochs, seed=bench.seed,
+                            callbacks=callbacks)
+        curves[trial.number] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        ended[trial.number] = time.time()
+        if diverged(history.history.get("loss", [])):
+            raise optuna.TrialPruned("diverged")
+        if report.pruned:
+            raise optuna.TrialPruned()
+        series = [v for v in curves[trial.number].get(scoring.val_key, []) if math.isfinite(v)]
+        return scoring.to_score(min(series) if scoring.negated else max(series))
+
+    def within_budget(study: Any, trial: Any) -> None:
+        if sum(len(c.get("loss", [])) for c in curves.values()) >= bench.plan.budget - bench.plan.epochs:
+            study.stop()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=bench.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5))
+    study.optimize(objective, callbacks=[within_budget])
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trace = sorted((ended[t.number] - started, float(t.value if t.value is not None else math.nan)) for t in complete)
+    best = study.best_trial
+    curve = curves[best.number]
+    epochs = best_epoch_count(curve, bench.plan.epochs, scoring.val_key, scoring.direction)
+    params = {**bench.defaults, **best.params}
+    test, refit_epochs = _refit(bench, params, epochs, replay_learning_rate(curve))
+    settings = {"sampler": "TPESampler", "pruner": "MedianPruner(n_startup_trials=5, n_warmup_steps=5)",
+                "validation_fraction": fine.validation_fraction, "pruned": len(study.trials) - len(complete)}
+    best_value = float(best.value if best.value is not None else math.nan)
+    return MethodResult("optuna-tpe", settings, bench.plan.budget, best_value, test, trials=len(study.trials),
+                        epochs_trained=sum(len(c.get("loss", [])) for c in curves.values()) + refit_epochs,
+                        trace=trace, best_params={k: _plain(v) for k, v in best.params.items()})
 
 
 def _refit(bench: Bench, params: dict[str, Any], epochs: int, learning_rates: keras.callbacks.Callback | None,
