@@ -39,6 +39,7 @@ from searchlab.model import (
 from searchlab.narrow import FineSpace
 
 COARSE_WINNER = "coarse-winner"
+EDGE_PREFIX = "edge-"  # trial ids of the second round beyond a narrowed range's edge
 _T = TypeVar("_T")
 
 
@@ -159,6 +160,8 @@ def run_fine(
             done = tuner.finished
         else:
             done = distribute(search, tuner.oracle)
+        if settings.kind == "grid":
+            done = {**done, **_beyond_edges(tuner, space, settings.points, done, finished, report)}
         winner = finished.get(COARSE_WINNER)
         if winner is None:
             if settings.kind == "hyperband":
@@ -169,6 +172,52 @@ def run_fine(
         tuner.stop()
     trials = sorted((t for trial_id, t in done.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
+
+
+def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[str, list[Any]]:
+    """Values beyond the narrowed range of each tuned number whose best grid value lies on an edge of that range
+    which the narrowing moved inward: `points - 1` more grid steps outward, within the original bounds."""
+    found = {}
+    for decision in space.decisions:
+        narrowed, original = decision.narrowed, decision.original
+        if narrowed is None or not narrowed.is_numeric or decision.name not in best:
+            continue
+        grid = narrowed.grid(points)
+        if len(grid) < 2:
+            continue
+        forward, backward = (math.log, math.exp) if narrowed.log else (float, float)
+        step = (forward(grid[-1]) - forward(grid[0])) / (len(grid) - 1)
+        value, beyond = best[decision.name], []
+        if value == grid[-1] and grid[-1] < original.high:
+            beyond = [min(original.high, backward(forward(grid[-1]) + k * step)) for k in range(1, points)]
+        elif value == grid[0] and grid[0] > original.low:
+            beyond = [max(original.low, backward(forward(grid[0]) - k * step)) for k in range(1, points)]
+        values = sorted({narrowed.cast(v) for v in beyond} - set(grid))
+        if values:
+            found[decision.name] = values
+    return found
+
+
+def _beyond_edges(tuner: Any, space: FineSpace, points: int, done: Mapping[str, FineTrial],
+                  finished: Mapping[str, FineTrial], report: Callable[[FineTrial], None]) -> dict[str, FineTrial]:
+    """A second round for the grid's best trial when it sits on an edge the narrowing drew: the same values with
+    that one hyperparameter moved further out (`edge_values`), trained under the fine protocol. Trial ids
+    `edge-<name>-<k>`; recorded ones are replayed."""
+    completed = [t for trial_id, t in done.items()
+                 if t.ok and trial_id != COARSE_WINNER and not trial_id.startswith(EDGE_PREFIX)]
+    if not completed:
+        return {}
+    best = max(completed, key=lambda t: t.score)
+    trials = {}
+    for name, values in edge_values(space, best.tuned, points).items():
+        for k, value in enumerate(values, 1):
+            trial_id = f"{EDGE_PREFIX}{name}-{k}"
+            trial = finished.get(trial_id)
+            if trial is None:
+                trial = tuner.train_fixed(trial_id, {**best.params, name: value}, {**best.tuned, name: value})
+                report(trial)
+            trials[trial_id] = trial
+    return trials
 
 
 def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
@@ -436,15 +485,16 @@ class _TrackingMixin:
             self.on_trial_done(record)
         super().on_trial_end(trial)  # type: ignore[misc]
 
-    def train_fixed(self, trial_id: str, values: dict[str, Any]) -> FineTrial:
-        """Train fixed hyperparameter values under the trials' protocol (data, callbacks, executions)."""
+    def train_fixed(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any] | None = None) -> FineTrial:
+        """Train fixed hyperparameter values under the trials' protocol (data, callbacks, executions); `tuned`:
+        the values the record lists as the fine stage's choice (none for the coarse winner)."""
         self._histories, self._started = [], time.time()
         error = None
         try:
             self._in_worker(dataclasses.replace(self.job, values=values, epochs=int(values["epochs"])))
         except kt.errors.FailedTrialError as exc:
             error = str(exc)
-        return self._record(trial_id, values, {}, error)
+        return self._record(trial_id, values, dict(tuned or {}), error)
 
     def stop(self) -> None:
         """End the trial worker process at once (a running trial with it)."""

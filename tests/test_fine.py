@@ -16,8 +16,8 @@ from joblib.externals.loky.process_executor import ShutdownExecutorError
 
 from searchlab.config import Config
 from searchlab.context import SearchContext
-from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, TrialPool, confirm, run_fine
-from searchlab.narrow import FineSpace
+from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, TrialPool, confirm, edge_values, run_fine
+from searchlab.narrow import Decision, FineSpace, Influence
 from searchlab.space import Param, grid_size
 from tests.conftest import stage_inputs
 
@@ -157,3 +157,42 @@ def test_a_tie_on_one_split_is_decided_by_the_mean() -> None:
     winner = FineTrial(COARSE_WINNER, {}, {}, 0.70)
     assert FineResult((lucky, steady, other), winner).best is steady
     assert FineResult((dataclasses.replace(lucky, confirm_scores=()), other), winner).best.trial_id == "0001"
+
+
+def _decision(original: Param, narrowed: Param) -> Decision:
+    return Decision(original.name, Influence(0.5, 0.2, 0.8, 0.01), original, narrowed)
+
+
+def test_edge_values_step_outward_within_the_original_bounds() -> None:
+    lr = _decision(Param("learning_rate", "float", 1e-4, 1e-1, log=True),
+                   Param("learning_rate", "float", 1e-3, 1e-2, log=True))
+    units = _decision(Param("units", "int", 16, 256), Param("units", "int", 16, 64))
+    space = FineSpace({d.name: d.narrowed for d in (lr, units) if d.narrowed}, {}, (lr, units), 20, 5, 0)
+    grid = lr.narrowed.grid(3) if lr.narrowed else []
+    # learning rate on its upper edge: two more geometric steps up; units on the original lower bound: none
+    assert edge_values(space, {"learning_rate": grid[-1], "units": 16}, 3) == {
+        "learning_rate": pytest.approx([10 ** -1.5, 1e-1])}
+    # units on the upper edge: the grid's steps of 24, further up
+    assert edge_values(space, {"learning_rate": grid[1], "units": 64}, 3) == {"units": [88, 112]}
+    assert edge_values(space, {"learning_rate": grid[1], "units": 40}, 3) == {}  # inside: no second round
+    capped = _decision(Param("units", "int", 16, 70), Param("units", "int", 16, 64))
+    assert edge_values(FineSpace({"units": capped.narrowed}, {}, (capped,), 20, 5, 0), {"units": 64},  # type: ignore[dict-item]
+                       3) == {"units": [70]}
+
+
+def test_a_best_trial_on_an_edge_gets_a_second_round_beyond_it(tmp_path: Path) -> None:
+    """A two-point grid over units narrowed to [4, 8] from [2, 16]: both points are edges, so whichever wins,
+    one more trial trains one grid step beyond it (2 or 16), recorded as `edge-units-1`."""
+    config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2")
+    units = _decision(Param("units", "int", 2, 16, log=True), Param("units", "int", 4, 8, log=True))
+    space = FineSpace({"units": units.narrowed}, {}, (units,), 4, 3, 0)  # type: ignore[dict-item]
+    reported: list[FineTrial] = []
+    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, on_trial=reported.append)
+    grid = {t.tuned["units"]: t for t in result.trials if not t.trial_id.startswith("edge-")}
+    assert sorted(grid) == [4, 8]
+    [edge] = [t for t in result.trials if t.trial_id.startswith("edge-")]
+    best = max(grid.values(), key=lambda t: t.score)
+    assert edge.trial_id == "edge-units-1" and edge.ok
+    assert edge.tuned == {"units": 16 if best.tuned["units"] == 8 else 2}
+    assert edge.params == {**best.params, "units": edge.tuned["units"]}
+    assert [t.trial_id for t in reported][-2:] == ["edge-units-1", COARSE_WINNER]

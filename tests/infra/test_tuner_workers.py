@@ -31,6 +31,7 @@ from mlflow.entities import Run
 from searchlab import pipeline
 from searchlab.config import compose
 from searchlab.errors import SearchInterrupted
+from searchlab.fine import EDGE_PREFIX
 from searchlab.infra.tracking_server import free_port
 from searchlab.records import RUN_TAG, STAGE_TAG, TRIAL_ID_TAG, WORKER_TAG, read_fine_trials
 from searchlab.tracking import Tracker
@@ -235,14 +236,16 @@ def assert_complete_tree(s: Searched) -> dict[str, dict[str, Any]]:
     ids = [r.data.tags[TRIAL_ID_TAG] for r in trials]
     assert len(ids) == len(set(ids)), f"a trial is recorded twice: {sorted(ids)}"
     space = json.loads(Path(s.store.client.download_artifacts(stage.info.run_id, "space.json")).read_text())
-    tuned = {t.trial_id: t.tuned for t in s.result.fine.trials}
-    assert sorted(ids) == sorted([*tuned, "coarse-winner"])
+    edges = {t.trial_id for t in s.result.fine.trials if t.trial_id.startswith(EDGE_PREFIX)}
+    tuned = {t.trial_id: t.tuned for t in s.result.fine.trials if t.trial_id not in edges}
+    assert sorted(ids) == sorted([*tuned, *edges, "coarse-winner"])
     assert len(tuned) == grid_size(space, POINTS), "a trial is lost"
     assert {frozenset(values) for values in tuned.values()} == {frozenset(space["tuned"])}
     assert len({tuple(sorted(values.items())) for values in tuned.values()}) == len(tuned), "a combination twice"
 
     workers = {r.data.tags[TRIAL_ID_TAG]: r.data.tags.get(WORKER_TAG) for r in trials}
-    assert workers.pop("coarse-winner") is None  # the search process trains it
+    for trial_id in ("coarse-winner", *edges):  # the search process trains these
+        assert workers.pop(trial_id) is None
     assert set(workers.values()) == {"tuner0", "tuner1"}
     return tuned
 
@@ -259,10 +262,11 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(started: Restarted) 
 
 def test_user_started_workers_write_the_same_run_tree(user_started: Searched, started: Restarted) -> None:
     tuned = assert_complete_tree(user_started)
-    assert tuned == {t.trial_id: t.tuned for t in started.result.fine.trials}  # the same trials, the same ids
+    assert tuned == assert_complete_tree(started)  # the same grid trials, the same ids
     # and read back from the store as a resumed search would
     recorded = read_fine_trials(Tracker(user_started.store.uri, "searchlab"), user_started.fine_stage().info.run_id)
-    assert {trial_id: trial.tuned for trial_id, (trial, _) in recorded.items() if trial_id != "coarse-winner"} == tuned
+    assert {trial_id: trial.tuned for trial_id, (trial, _) in recorded.items()
+            if trial_id != "coarse-winner" and not trial_id.startswith(EDGE_PREFIX)} == tuned
 
 
 def test_no_process_outlives_a_search(started: Restarted, user_started: Searched) -> None:
