@@ -212,6 +212,7 @@ class FineConfig:
     validation_fraction: float = _bounded(0.2, Interval(0.0, 0.5, "right"))
     executions_per_trial: int = _bounded(1, Interval(1))
     points: int = _bounded(3, Interval(2))  # a range's two ends at least
+    beyond_edges: bool = True  # grid: a best value on a narrowed edge gets a second round further out
     confirm_top: int = _bounded(3, Interval(0))  # best trials re-scored on other splits before choosing; 0: off
     confirm_splits: int = _bounded(2, Interval(1))  # further validation splits each is re-scored on
     max_epochs: int = _bounded(30, Interval(2))

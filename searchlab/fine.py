@@ -160,7 +160,7 @@ def run_fine(
             done = tuner.finished
         else:
             done = distribute(search, tuner.oracle)
-        if settings.kind == "grid":
+        if settings.kind == "grid" and settings.beyond_edges:
             done = {**done, **_beyond_edges(tuner, space, settings.points, done, finished, report)}
         winner = finished.get(COARSE_WINNER)
         if winner is None:

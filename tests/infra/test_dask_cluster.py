@@ -45,7 +45,8 @@ BIN = Path(sys.executable).parent
 # Four candidates, two folds, three epochs: fits of a few seconds, two batches on two workers.
 ARGS = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=600", "dataset.n_classes=3", "model.epochs=3",
         "search.coarse.n_iter=4", "search.coarse.cv=2", "search.fine.max_params=1", "search.fine.points=2",
-        "tracking.log_model=false", "verbose=0")
+        "tracking.log_model=false", "verbose=0",
+        "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
 TIMEOUT = 300
 
 
