@@ -231,3 +231,11 @@ def test_the_next_fold_of_a_candidate_reuses_its_network_and_fits_as_a_new_one_w
     assert new is not first
     assert history == new_history and len(history["loss"]) >= 2
     np.testing.assert_array_equal(proba, new_proba)
+
+
+def test_coarse_fits_train_at_most_the_coarse_epoch_cap() -> None:
+    """`search.coarse.epochs` caps every coarse fit (low fidelity), below `model.epochs`."""
+    config, ctx = stage_inputs("search.coarse.n_iter=2", "search.coarse.epochs=2", "model.epochs=8",
+                               "model.patience=8")
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
+    assert all(t.ok and len(t.curves["loss"]) == 2 for t in result.trials), [t.curves.get("loss") for t in result.trials]
