@@ -183,7 +183,7 @@ def test_edge_values_step_outward_within_the_original_bounds() -> None:
 def test_a_best_trial_on_an_edge_gets_a_second_round_beyond_it(tmp_path: Path) -> None:
     """A two-point grid over units narrowed to [4, 8] from [2, 16]: both points are edges, so whichever wins,
     one more trial trains one grid step beyond it (2 or 16), recorded as `edge-units-1`."""
-    config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2")
+    config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2", "search.fine.beyond_edges=true")
     units = _decision(Param("units", "int", 2, 16, log=True), Param("units", "int", 4, 8, log=True))
     space = FineSpace({"units": units.narrowed}, {}, (units,), 4, 3, 0)  # type: ignore[dict-item]
     reported: list[FineTrial] = []
