@@ -55,7 +55,8 @@ class ProgressPrinter(SearchCallback):
         else:
             self.failed += 1
         elapsed = time.time() - self.started
-        count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+        # a grid's edge round comes after its announced total: past it, the count goes on without one
+        count = f"{self.done}/{self.total}" if self.total and self.done <= self.total else f"{self.done}"
         eta = ""
         if self.total and self.done < self.total:
             eta = f", ~{format_duration(elapsed / self.done * (self.total - self.done))} left"

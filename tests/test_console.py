@@ -33,6 +33,8 @@ def test_progress_line_says_where_the_stage_is() -> None:
     assert "coarse-001 FAILED (loss became nan)" in lines[1] and "best accuracy 0.8100" in lines[1]
     assert "[coarse 3/3]" in lines[2] and "left" not in lines[2] and "best accuracy 0.9000" in lines[2]
     assert printer.failed == 1
+    printer.on_trial_end(_trial("edge-units-1", 0.85, {"units": 64}))  # past the announced total
+    assert out.getvalue().splitlines()[3].startswith("[coarse 4] ")
 
 
 def test_lower_is_better_metrics_show_the_smallest() -> None:
