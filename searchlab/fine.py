@@ -232,17 +232,19 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     ranked = sorted((t for t in fine.all_trials if t.ok), key=lambda t: -t.score)[:settings.confirm_top]
     if len(ranked) < 2:
         return fine
+    epochs = settings.max_epochs if settings.kind == "hyperband" else ctx.model.epochs
+    scalings = {t.params["scaling"] for t in ranked}
+    jobs = [dataclasses.replace(_train_job(ctx, settings, ctx.seed + k, scalings), epochs=epochs)
+            for k in range(1, settings.confirm_splits + 1)]  # each split drawn and scaled once
     pool = TrialPool()
     rescored: dict[str, FineTrial] = {}
     try:
         for trial in ranked:
             scores = []
-            for k in range(1, settings.confirm_splits + 1):
-                job = _train_job(ctx, settings, ctx.seed + k, {trial.params["scaling"]})
-                epochs = settings.max_epochs if settings.kind == "hyperband" else ctx.model.epochs
+            for job in jobs:
                 try:
-                    histories = pool.run(_train, dataclasses.replace(job, values=trial.params, epochs=epochs))
-                    scores.append(best_score(histories, ctx.scoring))
+                    histories = pool.run(_train, dataclasses.replace(job, values=trial.params))
+                    scores.append(best_score(execution_means(histories), ctx.scoring))
                 except kt.errors.FailedTrialError:
                     scores.append(float("nan"))
             rescored[trial.trial_id] = dataclasses.replace(trial, confirm_scores=tuple(scores))
@@ -254,9 +256,13 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     return FineResult(trials, rescored.get(COARSE_WINNER, fine.coarse_winner))
 
 
-def best_score(histories: Iterable[Mapping[str, list[float]]], scoring: Scoring) -> float:
-    """A trial's score: its best epoch's validation metric (higher is better), the executions' curves averaged."""
-    curves = mean_curves([{k: v for k, v in h.items() if k != "epoch"} for h in histories])
+def execution_means(histories: Iterable[Mapping[str, list[float]]]) -> dict[str, list[float]]:
+    """A trial's per-epoch curves: its executions' logs (`_train`) averaged, epoch numbers left out."""
+    return mean_curves([{k: v for k, v in h.items() if k != "epoch"} for h in histories])
+
+
+def best_score(curves: Mapping[str, list[float]], scoring: Scoring) -> float:
+    """A trial's score from its curves: the best epoch's validation metric (higher is better)."""
     series = [v for v in curves.get(scoring.val_key, []) if math.isfinite(v)]
     if not series:
         return float("nan")
@@ -506,9 +512,9 @@ class _TrackingMixin:
         return histories
 
     def _record(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any], error: str | None) -> FineTrial:
-        curves = mean_curves([{k: v for k, v in h.items() if k != "epoch"} for h in self._histories])
+        curves = execution_means(self._histories)
         first_epoch = min((int(h["epoch"][0]) for h in self._histories if h["epoch"]), default=0)
-        score = best_score(self._histories, self.scoring) if error is None else float("nan")
+        score = best_score(curves, self.scoring) if error is None else float("nan")
         return FineTrial(trial_id, values, tuned, score, curves, error, self._started, time.time(), first_epoch)
 
 

@@ -180,8 +180,8 @@ def influences(features: Mapping[str, np.ndarray], scores: np.ndarray, rng: np.r
     and so on, each p-value at least the previous one. With nothing to find, `ALPHA` of searches show anything.
     """
     n = len(scores)
-    names = sorted(features, key=lambda name: -float(_explained(features[name], scores[None, :])[0]))
-    shares = {name: float(_explained(features[name], scores[None, :])[0]) for name in names}
+    shares = {name: float(_explained(design, scores[None, :])[0]) for name, design in features.items()}
+    names = sorted(shares, key=lambda name: -shares[name])
     shuffled = scores[rng.permuted(np.tile(np.arange(n), (resamples, 1)), axis=1)]  # the same for every name
     null = {name: _explained(features[name], shuffled) for name in names}
     picks = rng.integers(0, n, size=(resamples, n))

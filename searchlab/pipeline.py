@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -232,10 +233,13 @@ def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_
     hooks.on_stage_begin("fine", total)
     run_ids = dict(finished.fine_runs)
 
+    def shown(trial: FineTrial) -> dict[str, Any]:
+        """The values that tell a fine trial apart: the tuned ones, or the coarse winner's sampled ones."""
+        return trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
+
     def on_trial(trial: FineTrial) -> None:
-        shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
-        run_ids[trial.trial_id] = records.log_fine_trial(tracker, stage_run, trial, ctx.scoring, shown)
-        hooks.on_trial_end(records.fine_end(trial, ctx.scoring, shown))
+        run_ids[trial.trial_id] = records.log_fine_trial(tracker, stage_run, trial, ctx.scoring, shown(trial))
+        hooks.on_trial_end(records.fine_end(trial, ctx.scoring, shown(trial)))
 
     def distribute(fine_search: FineSearch, oracle: object) -> dict[str, FineTrial]:
         """Serve the oracle to the KerasTuner workers, which record the trials; read those back."""
@@ -255,8 +259,7 @@ def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_
 
         def on_confirmed(trial: FineTrial) -> None:
             records.log_confirmation(tracker, run_ids[trial.trial_id], trial, ctx.scoring)
-            shown = trial.tuned if trial.trial_id != COARSE_WINNER else coarse_best.params
-            hooks.on_trial_end(records.confirm_end(trial, ctx.scoring, shown))
+            hooks.on_trial_end(records.confirm_end(trial, ctx.scoring, shown(trial)))
 
         fine = confirm(ctx, fine, settings, on_trial=on_confirmed)
         hooks.on_stage_end("confirm")
