@@ -132,6 +132,7 @@ def run_fine(
     on_trial: Callable[[FineTrial], None] | None = None,
     finished: Mapping[str, FineTrial] | None = None,
     distribute: Distribute | None = None,
+    pool: TrialPool | None = None,
 ) -> FineResult:
     """Search `space` with KerasTuner, then train the coarse winner under the same protocol.
 
@@ -144,6 +145,7 @@ def run_fine(
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
         distribute: given, this process only holds the oracle and `distribute` has the trials run
             elsewhere (`searchlab.infra.tuner_workers`); `on_trial` then sees the coarse winner alone.
+        pool: the worker process to train in, owned (and ended) by the caller; None: one of the stage's own.
     """
     finished = dict(finished or {})
     report = on_trial or (lambda trial: None)
@@ -153,7 +155,7 @@ def run_fine(
     scalings = {base["scaling"], winner_values["scaling"], *(tuned.values if tuned else ())}
     job = _train_job(ctx, settings, ctx.seed, scalings)
     search = FineSearch(space, base, settings, ctx.scoring, ctx.seed, workdir, job)
-    tuner = search.tuner(report, finished)
+    tuner = search.tuner(report, finished, pool=pool)
     try:
         if distribute is None:
             tuner.search(verbose=0)
@@ -221,13 +223,14 @@ def _beyond_edges(tuner: Any, space: FineSpace, points: int, done: Mapping[str, 
 
 
 def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
-            on_trial: Callable[[FineTrial], None] | None = None) -> FineResult:
+            on_trial: Callable[[FineTrial], None] | None = None, pool: TrialPool | None = None) -> FineResult:
     """Re-score the `settings.confirm_top` best trials (the coarse winner among them) on `settings.confirm_splits`
     further validation splits, each trained afresh under the fine protocol, so the final choice is the best mean
     over several splits rather than the maximum of many single-split scores (the winner's curse).
 
     Args:
         on_trial: called with each re-scored trial.
+        pool: the worker process to train in, owned (and ended) by the caller; None: one of its own.
     """
     ranked = sorted((t for t in fine.all_trials if t.ok), key=lambda t: -t.score)[:settings.confirm_top]
     if len(ranked) < 2:
@@ -236,7 +239,8 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     scalings = {t.params["scaling"] for t in ranked}
     jobs = [dataclasses.replace(_train_job(ctx, settings, ctx.seed + k, scalings), epochs=epochs)
             for k in range(1, settings.confirm_splits + 1)]  # each split drawn and scaled once
-    pool = TrialPool()
+    owned = pool is None
+    pool = pool or TrialPool()
     rescored: dict[str, FineTrial] = {}
     try:
         for trial in ranked:
@@ -251,7 +255,8 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
             if on_trial is not None:
                 on_trial(rescored[trial.trial_id])
     finally:
-        pool.kill()
+        if owned:
+            pool.kill()
     trials = tuple(rescored.get(t.trial_id, t) for t in fine.trials)
     return FineResult(trials, rescored.get(COARSE_WINNER, fine.coarse_winner))
 
@@ -320,10 +325,11 @@ class FineSearch:
     job: _TrainJob  # the training protocol, data included
 
     def tuner(self, on_trial: Callable[[FineTrial], None], done: Mapping[str, FineTrial],
-              overwrite: bool = True) -> Any:
+              overwrite: bool = True, pool: TrialPool | None = None) -> Any:
         """A tuner that trains each trial, reports it to `on_trial` and replays the ones in `done`.
 
-        `overwrite=False` keeps the directory: a distributed worker joins the chief's project.
+        `overwrite=False` keeps the directory: a distributed worker joins the chief's project. `pool`: the
+        worker process to train in, which the caller ends; None: the tuner's own, ended by `stop`.
         """
         kt_config.DEBUG = self.job.verbose >= 2  # KerasTuner prints every failed trial's traceback by default
         hypermodel = _MLPHyperModel(self.space, self.base, self.settings)
@@ -336,7 +342,7 @@ class FineSearch:
                                       hyperband_iterations=self.settings.hyperband_iterations, **common)
         else:
             tuner = _TrackedGridSearch(hypermodel, **common)
-        tuner.setup(self.scoring, on_trial, dict(done), self.job, self.workdir / "weights")
+        tuner.setup(self.scoring, on_trial, dict(done), self.job, self.workdir / "weights", pool)
         return tuner
 
 
@@ -437,12 +443,12 @@ class _TrackingMixin:
     hypermodel: _MLPHyperModel
 
     def setup(self, scoring: Scoring, on_trial: Callable[[FineTrial], None], done: dict[str, FineTrial],
-              job: _TrainJob, weights_dir: Path) -> None:
+              job: _TrainJob, weights_dir: Path, pool: TrialPool | None) -> None:
         self.scoring, self.on_trial_done, self.job = scoring, on_trial, job
         self.weights_dir = weights_dir
         weights_dir.mkdir(parents=True, exist_ok=True)
         self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
-        self.pool = TrialPool()
+        self.pool, self._owns_pool = pool or TrialPool(), pool is None
         self._histories: list[dict[str, list[float]]] = []
         self._started = 0.0
         self._asked = False
@@ -503,8 +509,9 @@ class _TrackingMixin:
         return self._record(trial_id, values, dict(tuned or {}), error)
 
     def stop(self) -> None:
-        """End the trial worker process at once (a running trial with it)."""
-        self.pool.kill()
+        """End the tuner's own trial worker process at once (a running trial with it)."""
+        if self._owns_pool:
+            self.pool.kill()
 
     def _in_worker(self, job: _TrainJob) -> list[dict[str, list[float]]]:
         histories = self.pool.run(_train, job)

@@ -28,7 +28,7 @@ from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, best_epoch_count, refit_and_test
-from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, confirm, run_fine
+from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, TrialPool, confirm, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
@@ -251,18 +251,21 @@ def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_
         run_ids.update({trial_id: run_id for trial_id, (_, run_id) in recorded.items()})
         return {trial_id: trial for trial_id, (trial, _) in recorded.items()}
 
-    fine = run_fine(ctx, fine_space, coarse_best.params, settings, workdir=_work_dir(tracker.uri, search.run_id),
-                    on_trial=on_trial,
-                    finished=finished.fine, distribute=distribute if settings.workers else None)
-    if settings.confirm_top:
-        hooks.on_stage_begin("confirm", min(settings.confirm_top, sum(t.ok for t in fine.all_trials)))
+    def on_confirmed(trial: FineTrial) -> None:
+        records.log_confirmation(tracker, run_ids[trial.trial_id], trial, ctx.scoring)
+        hooks.on_trial_end(records.confirm_end(trial, ctx.scoring, shown(trial)))
 
-        def on_confirmed(trial: FineTrial) -> None:
-            records.log_confirmation(tracker, run_ids[trial.trial_id], trial, ctx.scoring)
-            hooks.on_trial_end(records.confirm_end(trial, ctx.scoring, shown(trial)))
-
-        fine = confirm(ctx, fine, settings, on_trial=on_confirmed)
-        hooks.on_stage_end("confirm")
+    pool = TrialPool()  # one worker process (one TensorFlow import) for the trials and their re-scoring
+    try:
+        fine = run_fine(ctx, fine_space, coarse_best.params, settings, workdir=_work_dir(tracker.uri, search.run_id),
+                        on_trial=on_trial, finished=finished.fine, distribute=distribute if settings.workers else None,
+                        pool=pool)
+        if settings.confirm_top:
+            hooks.on_stage_begin("confirm", min(settings.confirm_top, sum(t.ok for t in fine.all_trials)))
+            fine = confirm(ctx, fine, settings, on_trial=on_confirmed, pool=pool)
+            hooks.on_stage_end("confirm")
+    finally:
+        pool.kill()
     all_trials = fine.all_trials
     if not any(t.ok for t in all_trials):
         raise StageFailedError(f"all {len(all_trials)} fine trials failed; see the FAILED trial runs' "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +37,30 @@ def make_config() -> Callable[..., Config]:
     return compose
 
 
+@functools.cache
+def _empty_store() -> Path:
+    """An MLflow SQLite store with its tables and nothing else, made once per test process.
+
+    MLflow builds a new store's schema by running all its database migrations, seconds each time; a copy of this
+    file is the same store in milliseconds. The smoke search (test_pipeline) and the concurrent-start test
+    (test_tracking) still create theirs from nothing."""
+    folder = Path(tempfile.mkdtemp(prefix="searchlab-empty-store-"))
+    atexit.register(shutil.rmtree, folder, True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # creates the tables
+    return folder / "mlflow.db"
+
+
+def empty_store_uri(folder: Path) -> str:
+    """The URI of a new, empty SQLite store `folder/mlflow.db` (a copy of `_empty_store`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_empty_store(), folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 @pytest.fixture
 def store_uri(tmp_path: Path) -> str:
-    """A fresh SQLite MLflow store in tmp_path."""
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    """A new SQLite MLflow store in tmp_path."""
+    return empty_store_uri(tmp_path / "mlruns")
 
 
 def require_system_package(available: bool, reason: str) -> None:
@@ -63,7 +87,7 @@ class Store:
 
 def new_store(folder: Path) -> Store:
     """A SQLite store in `folder` with the experiment already created, so polling never races the schema set-up."""
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = empty_store_uri(folder)
     tracker = Tracker(uri, "searchlab")
     return Store(uri, tracker.client, tracker.experiment_id)
 

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,22 @@ def fine_space(*params: Param, **fixed: Any) -> FineSpace:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, SearchContext, FineSpace, list[FineTrial],
-                                                              FineResult]:
+def pool() -> Iterator[TrialPool]:
+    """One trial worker process for this module's stages, as a search's fine stage and re-scoring share one
+    (each stage would otherwise start its own and import TensorFlow there)."""
+    shared = TrialPool()
+    yield shared
+    shared.kill()
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, pool: TrialPool) -> tuple[Config, SearchContext, FineSpace,
+                                                                             list[FineTrial], FineResult]:
     config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2")
     space = fine_space(LAYERS, UNITS, learning_rate=0.01)
     reported: list[FineTrial] = []
     result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path_factory.mktemp("tuner"),
-                      on_trial=reported.append)
+                      on_trial=reported.append, pool=pool)
     return config, ctx, space, reported, result
 
 
@@ -55,24 +65,24 @@ def test_a_grid_trains_every_point_once_then_the_coarse_winner(grid: tuple[Any, 
     assert result.best in (*result.trials, winner)
 
 
-def test_recorded_trials_are_replayed_not_trained(grid: tuple[Any, ...], tmp_path: Path) -> None:
+def test_recorded_trials_are_replayed_not_trained(grid: tuple[Any, ...], tmp_path: Path, pool: TrialPool) -> None:
     """What resuming relies on: the tuner proposes the same trials, the recorded ones come back as they were
     and only the others train."""
     config, ctx, space, _, first = grid
     recorded = {t.trial_id: t for t in first.trials[:2]}
     reported: list[FineTrial] = []
     resumed = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, on_trial=reported.append,
-                       finished=recorded)
+                       finished=recorded, pool=pool)
     assert [t.trial_id for t in reported] == [first.trials[2].trial_id, first.trials[3].trial_id, COARSE_WINNER]
     assert [t.trial_id for t in resumed.trials] == [t.trial_id for t in first.trials]
     assert [t.tuned for t in resumed.trials] == [t.tuned for t in first.trials]
     assert resumed.trials[0].score == recorded[resumed.trials[0].trial_id].score
 
 
-def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path) -> None:
+def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path, pool: TrialPool) -> None:
     config, ctx = stage_inputs("search/fine=hyperband", "search.fine.max_epochs=3", "search.fine.factor=3")
     result = run_fine(ctx, fine_space(Param("units", "int", 4.0, 16.0), learning_rate=0.01), WINNER,
-                      config.search.fine, workdir=tmp_path)
+                      config.search.fine, workdir=tmp_path, pool=pool)
     assert len(result.trials) >= 3
     assert any(t.first_epoch > 0 for t in result.trials)  # continued from an earlier trial's weights
     for trial in result.trials:
@@ -81,10 +91,10 @@ def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path) -> None:
     assert result.coarse_winner.params["epochs"] == 3  # trained for Hyperband's budget, like the trials
 
 
-def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path) -> None:
+def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path, pool: TrialPool) -> None:
     config, ctx = stage_inputs("model.epochs=2")
     space = fine_space(Param("learning_rate", "choice", values=(0.01, 1e30)), optimizer="sgd", layers=1)
-    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path)
+    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, pool=pool)
     by_rate = {t.tuned["learning_rate"]: t for t in result.trials}
     assert by_rate[0.01].ok
     assert not by_rate[1e30].ok and by_rate[1e30].error is not None
@@ -126,14 +136,15 @@ def test_kill_ends_a_running_trial_without_waiting_for_it() -> None:
     assert outcome and isinstance(outcome[0], ShutdownExecutorError)
 
 
-def test_confirm_rescores_the_best_on_other_splits_and_chooses_by_the_mean(grid: tuple[Any, ...]) -> None:
+def test_confirm_rescores_the_best_on_other_splits_and_chooses_by_the_mean(grid: tuple[Any, ...],
+                                                                          pool: TrialPool) -> None:
     """The best `confirm_top` trials (the coarse winner is one of the candidates) train again on
     `confirm_splits` other validation splits; the choice is the best mean, which a lucky single split cannot
     decide; the rest are untouched. The same inputs repeat the same scores."""
     config, ctx, _, _, result = grid
     settings = dataclasses.replace(config.search.fine, confirm_top=2, confirm_splits=2)
     reported: list[FineTrial] = []
-    confirmed = confirm(ctx, result, settings, on_trial=reported.append)
+    confirmed = confirm(ctx, result, settings, on_trial=reported.append, pool=pool)
     by_score = sorted((t for t in result.all_trials if t.ok), key=lambda t: -t.score)
     assert [t.trial_id for t in reported] == [t.trial_id for t in by_score[:2]]
     rescored = [t for t in confirmed.all_trials if t.confirm_scores]
@@ -145,8 +156,8 @@ def test_confirm_rescores_the_best_on_other_splits_and_chooses_by_the_mean(grid:
     assert confirmed.best.confirmed_score == max(t.confirmed_score for t in rescored)
     untouched = [t for t in confirmed.all_trials if not t.confirm_scores]
     assert len(untouched) == len(result.all_trials) - 2
-    again = confirm(ctx, result, settings)
-    assert [t.confirm_scores for t in again.all_trials] == [t.confirm_scores for t in confirmed.all_trials]
+    again = confirm(ctx, result, dataclasses.replace(settings, confirm_splits=1), pool=pool)  # the first split again
+    assert [t.confirm_scores for t in again.all_trials] == [t.confirm_scores[:1] for t in confirmed.all_trials]
 
 
 def test_a_tie_on_one_split_is_decided_by_the_mean() -> None:
@@ -180,14 +191,14 @@ def test_edge_values_step_outward_within_the_original_bounds() -> None:
                        3) == {"units": [70]}
 
 
-def test_a_best_trial_on_an_edge_gets_a_second_round_beyond_it(tmp_path: Path) -> None:
+def test_a_best_trial_on_an_edge_gets_a_second_round_beyond_it(tmp_path: Path, pool: TrialPool) -> None:
     """A two-point grid over units narrowed to [4, 8] from [2, 16]: both points are edges, so whichever wins,
     one more trial trains one grid step beyond it (2 or 16), recorded as `edge-units-1`."""
     config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2", "search.fine.beyond_edges=true")
     units = _decision(Param("units", "int", 2, 16, log=True), Param("units", "int", 4, 8, log=True))
     space = FineSpace({"units": units.narrowed}, {}, (units,), 4, 3, 0)  # type: ignore[dict-item]
     reported: list[FineTrial] = []
-    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, on_trial=reported.append)
+    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, on_trial=reported.append, pool=pool)
     grid = {t.tuned["units"]: t for t in result.trials if not t.trial_id.startswith("edge-")}
     assert sorted(grid) == [4, 8]
     [edge] = [t for t in result.trials if t.trial_id.startswith("edge-")]

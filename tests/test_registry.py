@@ -12,6 +12,7 @@ import pytest
 
 from searchlab import registry
 from searchlab.tracking import Tracker
+from tests.conftest import empty_store_uri
 
 
 @pytest.mark.parametrize(("new", "champion", "higher_is_better", "promote"), [
@@ -36,7 +37,7 @@ def _tiny_model() -> keras.Model:
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, keras.Model, str, str]:
     """A search-like run with a logged model."""
-    tracker = Tracker(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}", "models")
+    tracker = Tracker(empty_store_uri(tmp_path_factory.mktemp("store")), "models")
     run_id = tracker.start_run("search", {})
     model = _tiny_model()
     uri = registry.log_model(tracker, run_id, model, np.ones((4, 3)))
@@ -68,7 +69,7 @@ def test_the_logged_model_pins_what_trained_it_and_loads(logged: tuple[Tracker, 
 
 def test_logging_a_model_leaves_no_global_mlflow_state(tmp_path: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "models")
+    tracker = Tracker(empty_store_uri(tmp_path), "models")
     registry.log_model(tracker, tracker.start_run("search", {}), _tiny_model(), np.ones((2, 3)))
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'other.db'}"
     assert mlflow.active_run() is None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.tracking import Tracker, flatten, interrupts_held
+from tests.conftest import empty_store_uri
 
 
 def test_flatten() -> None:
@@ -115,7 +116,7 @@ def test_two_searches_write_one_store_at_once(tmp_path: Path) -> None:
     own tree (two searches on one store, or a sweep)."""
     import multiprocessing
 
-    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 30
+    uri, n = empty_store_uri(tmp_path), 30
     tracker = Tracker(uri, "searchlab")  # the store and experiment exist before the writers start
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
