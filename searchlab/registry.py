@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -51,6 +52,18 @@ def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) ->
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     client.log_dict(run_id, {"inputs": example.tolist()}, INPUT_EXAMPLE)
     return f"models:/{logged.model_id}"
+
+
+def newest_model(uri: str) -> str | None:
+    """The `models:/<id>` URI of the newest finished `best_model` in the store at `uri` (any experiment), or None."""
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_logged_models(experiments, filter_string=f"name = '{MODEL_NAME}'",
+                                        order_by=[{"field_name": "creation_time", "ascending": False}])
+    ready = [model for model in found if model.status == LoggedModelStatus.READY]
+    return f"models:/{ready[0].model_id}" if ready else None
 
 
 def should_promote(new: float | None, champion: float | None, higher_is_better: bool) -> bool:
