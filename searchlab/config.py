@@ -95,7 +95,7 @@ def _bounded(default: Any, interval: Interval) -> Any:
 
 @dataclass
 class DatasetConfig:
-    """What every data set has; each `conf/dataset/*.yaml` extends one subclass (its `<name>_schema`)."""
+    """What every data set has; each `conf/dataset/*.yaml` extends one subclass (its `/<name>_dataset_schema`)."""
 
     name: DatasetName = MISSING
     task: Task = Task.auto
@@ -138,7 +138,8 @@ class ImdbConfig(DatasetConfig):
     max_rows: int | None = _bounded(None, Interval(20))
 
 
-#: The schema of each data set; registered in Hydra's ConfigStore as `dataset/<name>_schema`.
+#: The schema of each data set; registered in Hydra's ConfigStore as `<name>_dataset_schema`, outside the `dataset`
+#: group so that neither `dataset=<option>` nor `searchlab --help` offers it as a data set.
 DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
     DatasetName.digits: DigitsConfig,
     DatasetName.csv: CsvConfig,
@@ -272,11 +273,11 @@ class Config:
 
 
 def register_schemas() -> None:
-    """Register the schemas in Hydra's ConfigStore: `base_config` and `dataset/<name>_schema` (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore: `base_config` and `<name>_dataset_schema` (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for name, schema in DATASET_SCHEMAS.items():
-        store.store(group="dataset", name=f"{name.value}_schema", node=schema)
+        store.store(name=f"{name.value}_dataset_schema", node=schema)
 
 
 def compose(*overrides: str) -> Config:
