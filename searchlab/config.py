@@ -107,12 +107,27 @@ class DigitsConfig(DatasetConfig):
     name: DatasetName = DatasetName.digits
 
 
+#: `dataset.sep` and `dataset.decimal` by name: a `;` or `,` on a command line needs quoting (shell, Hydra).
+CHARACTERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|", "space": " ", "point": "."}
+
+
 @dataclass
 class CsvConfig(DatasetConfig):
     name: DatasetName = DatasetName.csv
     path: str | None = None
-    target: str | None = None
+    target: str | None = None  # a column name; with header=false the column's position (0 first, -1 last)
     target_path: str | None = None  # a one-column target file beside a features-only `path`
+    sep: str = "auto"  # auto (sniffed), a name of CHARACTERS or one character
+    header: bool = True  # false: the first row is data; columns are then named col0, col1, ...
+    decimal: str = "point"  # point or comma (e.g. 3,14), or the character
+    drop: list[str] = field(default_factory=list)  # columns left out of the features, as `target` names them
+
+    def separator(self) -> str | None:
+        """The column separator, or None to sniff it."""
+        return None if self.sep == "auto" else CHARACTERS.get(self.sep, self.sep)
+
+    def decimal_mark(self) -> str:
+        return CHARACTERS.get(self.decimal, self.decimal)
 
 
 @dataclass
@@ -399,6 +414,20 @@ def _check_dataset(d: DatasetConfig) -> None:
             _fail("dataset.path", d.path, "the path of a CSV file when dataset=csv")
         if not d.target and not d.target_path:
             _fail("dataset.target", d.target, "a column name (or set dataset.target_path) when dataset=csv")
+        names = ", ".join(name for name in CHARACTERS if name != "point")
+        if d.sep != "auto" and d.sep not in CHARACTERS and len(d.sep) != 1:
+            _fail("dataset.sep", d.sep, f"auto (sniffed), one of {names}, or a single character")
+        if d.decimal_mark() not in (".", ","):
+            _fail("dataset.decimal", d.decimal, "point (3.14) or comma (3,14)")
+        if not d.header:
+            named = [("dataset.target", d.target), *((f"dataset.drop[{i}]", v) for i, v in enumerate(d.drop))]
+            for key, value in named:
+                if value is not None and not _is_position(value):
+                    _fail(key, value, "a column position (0 first, -1 last) with dataset.header=false")
+
+
+def _is_position(value: str) -> bool:
+    return value.removeprefix("-").isdigit()
 
 
 def _to_param(name: str, entry: Any) -> Param:
