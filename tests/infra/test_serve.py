@@ -24,13 +24,17 @@ from searchlab.model import Scalers, build_model
 from searchlab.tracking import Tracker
 
 
-def _raw_feature_model(seed: int) -> object:
-    """A small 3-class model on raw features of very different scales, its scaling inside (as exported)."""
-    rng = np.random.default_rng(seed)
+def _raw_feature_model(task: str) -> object:
+    """A small model on raw features of very different scales, scaling inside, as the final stage exports it. A
+    regression model is compiled with searchlab's own metrics (RMSE in target units), which the served copy must
+    not need."""
+    rng = np.random.default_rng(0)
     X = (rng.normal(size=(60, 4)) * [1, 10, 100, 0.1] + [0, 5, 50, 0]).astype("float32")
-    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 5).astype(int)
-    scalers = Scalers.fit(X, y, "multiclass", "standard")
-    return scalers.wrap(build_model(n_features=4, task="multiclass", n_classes=3, units=8, layers=1))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 5).astype(int) if task == "multiclass" else X[:, 0] * 3 + X[:, 2] + 7
+    scalers = Scalers.fit(X, y, task, "standard")
+    net = build_model(n_features=4, task=task, n_classes=3, units=8, layers=1, target_scale=scalers.target_scale)
+    net.fit(*scalers.transform(X, y), epochs=1, verbose=0)
+    return scalers.wrap(net)
 
 
 @pytest.mark.slow
@@ -41,9 +45,9 @@ def test_make_serve_answers_like_the_model_in_python(tmp_path: Path) -> None:
     with pytest.raises(SearchlabError, match=r"no searched model in .*MODEL=models:/<id>"):
         resolve_model(None, tracker.uri)
     rows = np.array([[0.3, 4.0, 120.0, 0.01], [-1.2, 9.5, -20.0, 0.2], [2.0, -3.0, 55.0, -0.05]], dtype="float32")
-    for seed in (0, 1):  # the second is the newest
-        model = _raw_feature_model(seed)
-        run_id = tracker.start_run(f"search {seed}", {})
+    for task in ("multiclass", "regression"):  # the second is the newest
+        model = _raw_feature_model(task)
+        run_id = tracker.start_run(f"search {task}", {})
         registry.log_model(tracker, run_id, model, rows)
         tracker.end_run(run_id)
     expected = np.asarray(model.predict(rows, verbose=0))  # type: ignore[attr-defined]
@@ -63,7 +67,8 @@ def test_make_serve_answers_like_the_model_in_python(tmp_path: Path) -> None:
                     served = np.asarray(json.loads(response.read())["predictions"])
         except SearchlabError as exc:
             pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
-    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    assert served.size == len(rows)  # one value per row: the newest model (regression), not the 3-class one
+    np.testing.assert_allclose(served.ravel(), expected.ravel(), rtol=1e-5, atol=1e-5)
     assert "searchlab serve: models:/" in log.read_text()
 
 
