@@ -1,12 +1,14 @@
-# searchlab: `make search` runs a search, `make test` runs the tests. Both set up .venv on first use.
+# searchlab: `make search` runs a search, `make serve` serves the model it found, `make test` runs the tests.
+# Each sets up .venv on first use.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+MODEL ?=
 PYTEST_ARGS ?=
 
-.PHONY: install search test lint ui server lock clean bench
+.PHONY: install search test lint ui server serve lock clean bench
 
 install: $(STAMP)
 
@@ -40,6 +42,11 @@ bench: install
 
 ui: install
 	$(BIN)/python -m searchlab.infra.ui $(ARGS)
+
+# MLflow's model server on 127.0.0.1:5001 for MODEL (models:/<id>, models:/<name>@champion; default: the newest
+# search's model in ./mlruns), from this venv without activating it. ARGS="--port 5002 --uri ...".
+serve: install
+	$(BIN)/python -m searchlab.infra.serve $(MODEL) $(ARGS)
 
 # The team setup on this machine: PostgreSQL (Debian's postgresql) + `mlflow server` on 127.0.0.1:5000, data in
 # mlruns/server/; searches use it with ARGS=tracking=server. ARGS="--port 5001 --workers 4"; Ctrl-C stops both.

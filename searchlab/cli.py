@@ -52,6 +52,8 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     print()
     print(result.summary())
     print(f"\nMLflow: {where_to_look(result.tracking_uri, result.experiment_id, result.run_id)}")
+    if result.model_uri:
+        print(f"Model: {result.model_uri}; serve it with `make serve MODEL={result.model_uri}`")
     metric = result.scoring.display_name
     return {"dataset": result.data.name, "seed": config.seed, "run_id": result.run_id,
             f"test_{metric}": result.final.test_metrics[metric], "wall_time_s": round(result.wall_time, 1)}

@@ -95,7 +95,7 @@ def _bounded(default: Any, interval: Interval) -> Any:
 
 @dataclass
 class DatasetConfig:
-    """What every data set has; each `conf/dataset/*.yaml` extends one subclass (its `<name>_schema`)."""
+    """What every data set has; each `conf/dataset/*.yaml` extends one subclass (its `/<name>_dataset_schema`)."""
 
     name: DatasetName = MISSING
     task: Task = Task.auto
@@ -107,12 +107,27 @@ class DigitsConfig(DatasetConfig):
     name: DatasetName = DatasetName.digits
 
 
+#: `dataset.sep` and `dataset.decimal` by name: a `;` or `,` on a command line needs quoting (shell, Hydra).
+CHARACTERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|", "space": " ", "point": "."}
+
+
 @dataclass
 class CsvConfig(DatasetConfig):
     name: DatasetName = DatasetName.csv
     path: str | None = None
-    target: str | None = None
+    target: str | None = None  # a column name; with header=false the column's position (0 first, -1 last)
     target_path: str | None = None  # a one-column target file beside a features-only `path`
+    sep: str = "auto"  # auto (sniffed), a name of CHARACTERS or one character
+    header: bool = True  # false: the first row is data; columns are then named col0, col1, ...
+    decimal: str = "point"  # point or comma (e.g. 3,14), or the character
+    drop: list[str] = field(default_factory=list)  # columns left out of the features, as `target` names them
+
+    def separator(self) -> str | None:
+        """The column separator, or None to sniff it."""
+        return None if self.sep == "auto" else CHARACTERS.get(self.sep, self.sep)
+
+    def decimal_mark(self) -> str:
+        return CHARACTERS.get(self.decimal, self.decimal)
 
 
 @dataclass
@@ -138,7 +153,8 @@ class ImdbConfig(DatasetConfig):
     max_rows: int | None = _bounded(None, Interval(20))
 
 
-#: The schema of each data set; registered in Hydra's ConfigStore as `dataset/<name>_schema`.
+#: The schema of each data set; registered in Hydra's ConfigStore as `<name>_dataset_schema`, outside the `dataset`
+#: group so that neither `dataset=<option>` nor `searchlab --help` offers it as a data set.
 DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
     DatasetName.digits: DigitsConfig,
     DatasetName.csv: CsvConfig,
@@ -272,11 +288,11 @@ class Config:
 
 
 def register_schemas() -> None:
-    """Register the schemas in Hydra's ConfigStore: `base_config` and `dataset/<name>_schema` (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore: `base_config` and `<name>_dataset_schema` (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for name, schema in DATASET_SCHEMAS.items():
-        store.store(group="dataset", name=f"{name.value}_schema", node=schema)
+        store.store(name=f"{name.value}_dataset_schema", node=schema)
 
 
 def compose(*overrides: str) -> Config:
@@ -398,6 +414,20 @@ def _check_dataset(d: DatasetConfig) -> None:
             _fail("dataset.path", d.path, "the path of a CSV file when dataset=csv")
         if not d.target and not d.target_path:
             _fail("dataset.target", d.target, "a column name (or set dataset.target_path) when dataset=csv")
+        names = ", ".join(name for name in CHARACTERS if name != "point")
+        if d.sep != "auto" and d.sep not in CHARACTERS and len(d.sep) != 1:
+            _fail("dataset.sep", d.sep, f"auto (sniffed), one of {names}, or a single character")
+        if d.decimal_mark() not in (".", ","):
+            _fail("dataset.decimal", d.decimal, "point (3.14) or comma (3,14)")
+        if not d.header:
+            named = [("dataset.target", d.target), *((f"dataset.drop[{i}]", v) for i, v in enumerate(d.drop))]
+            for key, value in named:
+                if value is not None and not _is_position(value):
+                    _fail(key, value, "a column position (0 first, -1 last) with dataset.header=false")
+
+
+def _is_position(value: str) -> bool:
+    return value.removeprefix("-").isdigit()
 
 
 def _to_param(name: str, entry: Any) -> Param:

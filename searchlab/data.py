@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from searchlab.config import (
     SyntheticGenerator,
     Task,
 )
+from searchlab.csv_table import column, read_table, refuse_featureless, refuse_non_numeric
 from searchlab.errors import DataError
 
 _MAX_CLASSES = 50  # an integer target with more distinct values than this is taken as regression
@@ -41,6 +43,7 @@ class Dataset:
     y_test: np.ndarray
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] = ()  # label of class i; empty for regression
+    reading: str = ""  # how a file was read, e.g. "sep ';' (sniffed), no header row"
 
     @property
     def is_classification(self) -> bool:
@@ -57,7 +60,7 @@ class Dataset:
     def describe(self) -> str:
         kind = f"{self.task}, {self.n_classes} classes" if self.is_classification else self.task
         return (f"{self.name}: {len(self.y_train)} train / {len(self.y_test)} test rows, "
-                f"{self.n_features} features ({kind})")
+                f"{self.n_features} features ({kind})" + (f"; read with {self.reading}" if self.reading else ""))
 
 
 def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
@@ -66,7 +69,7 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
     Raises:
         DataError: the data is missing, malformed or too small; the message says what and where.
     """
-    X, y, feature_names, name = _load(cfg, seed)
+    X, y, feature_names, name, reading = _load(cfg, seed)
     X = _as_features(X, feature_names)
     if len(X) != len(y):
         raise DataError(f"{name}: {len(X)} feature rows but {len(y)} target values; they must match.")
@@ -83,7 +86,7 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
         )
     except ValueError as exc:
         raise DataError(f"{name}: cannot split {len(y)} rows with dataset.test_size={cfg.test_size}: {exc}") from None
-    return Dataset(name, task, X_train, y_train, X_test, y_test, tuple(feature_names), class_names)
+    return Dataset(name, task, X_train, y_train, X_test, y_test, tuple(feature_names), class_names, reading)
 
 
 def check_cv_feasible(data: Dataset, cv: int) -> None:
@@ -99,7 +102,12 @@ def check_cv_feasible(data: Dataset, cv: int) -> None:
                             f"folds: {', '.join(small)}. Lower search.coarse.cv or add data.")
 
 
-Loaded = tuple[np.ndarray | pd.DataFrame, np.ndarray, list[str], str]
+class Loaded(NamedTuple):
+    X: np.ndarray | pd.DataFrame
+    y: np.ndarray
+    feature_names: list[str]
+    name: str
+    reading: str = ""
 
 
 def _load(cfg: DatasetConfig, seed: int) -> Loaded:
@@ -120,7 +128,7 @@ def _load(cfg: DatasetConfig, seed: int) -> Loaded:
 
 def _load_digits() -> Loaded:
     bunch = skd.load_digits()
-    return bunch.data, bunch.target, list(bunch.feature_names), "digits"
+    return Loaded(bunch.data, bunch.target, list(bunch.feature_names), "digits")
 
 
 def _load_synthetic(cfg: SyntheticConfig, seed: int) -> Loaded:
@@ -135,75 +143,66 @@ def _load_synthetic(cfg: SyntheticConfig, seed: int) -> Loaded:
     else:
         X, y = skd.make_classification(n, cfg.n_features, n_informative=max(2, cfg.n_features // 2),
                                        n_classes=cfg.n_classes, flip_y=cfg.noise / 10, random_state=rng)
-    return X, y, [f"x{i}" for i in range(X.shape[1])], f"synthetic-{cfg.generator.value}"
+    return Loaded(X, y, [f"x{i}" for i in range(X.shape[1])], f"synthetic-{cfg.generator.value}")
 
 
 def _load_csv(cfg: CsvConfig) -> Loaded:
     assert cfg.path is not None  # Config's rules require it
     path = Path(cfg.path).expanduser().resolve()
-    table = _read_table(path, "dataset.path")
+    table = read_table(path, "dataset.path", cfg)
+    reading = table.reading
     if cfg.target_path:
         target_path = Path(cfg.target_path).expanduser().resolve()
-        targets = _read_table(target_path, "dataset.target_path")
-        column = cfg.target or targets.columns[0]
-        if column not in targets.columns:
-            raise DataError(f"dataset.target: column {column!r} is not in {target_path}; "
-                            f"its columns are {', '.join(map(str, targets.columns))}.")
-        if len(targets) != len(table):
-            raise DataError(f"{path} has {len(table)} rows but {target_path} has {len(targets)}; they must match.")
-        y = targets[column].to_numpy()
-        features = table
+        targets = read_table(target_path, "dataset.target_path", cfg)
+        name = column(targets, cfg.target, "dataset.target", target_path, cfg.header) if cfg.target \
+            else str(targets.frame.columns[0])
+        if len(targets.frame) != len(table.frame):
+            raise DataError(f"{path} has {len(table.frame)} rows but {target_path} has {len(targets.frame)}; "
+                            "they must match.")
+        y = targets.frame[name].to_numpy()
+        features = table.frame
+        if targets.reading != table.reading:
+            reading = f"{table.reading}; target file {targets.reading}"
     else:
-        if cfg.target not in table.columns:
-            raise DataError(f"dataset.target: column {cfg.target!r} is not in {path}; "
-                            f"its columns are {', '.join(map(str, table.columns))}.")
-        y = table[cfg.target].to_numpy()
-        features = table.drop(columns=[cfg.target])
-    return features, y, [str(c) for c in features.columns], path.stem
+        assert cfg.target is not None  # Config's rules require a target or a target file
+        name = column(table, cfg.target, "dataset.target", path, cfg.header)
+        y = table.frame[name].to_numpy()
+        features = table.frame.drop(columns=[name])
+    dropped = [column(table, c, f"dataset.drop[{i}]", path, cfg.header) for i, c in enumerate(cfg.drop)]
+    features = features.drop(columns=[c for c in dropped if c in features.columns])
+    refuse_featureless(table, features, path)
+    refuse_non_numeric(features, cfg.header)
+    return Loaded(features, y, [str(c) for c in features.columns], path.stem, reading)
 
 
 def _load_mnist(cfg: MnistConfig, seed: int) -> Loaded:
     import keras
 
     (x_a, y_a), (x_b, y_b) = keras.datasets.mnist.load_data()
-    X = np.concatenate([x_a, x_b]).reshape(-1, 28 * 28).astype("float32") / 255.0
-    y = np.concatenate([y_a, y_b])
-    X, y = _subsample(X, y, cfg.max_rows, seed)
-    return X, y, [f"pixel{i}" for i in range(X.shape[1])], "mnist"
+    keep = _kept_rows(len(y_a) + len(y_b), cfg.max_rows, seed)
+    X = np.concatenate([x_a, x_b])[keep].reshape(-1, 28 * 28).astype("float32") / 255.0
+    y = np.concatenate([y_a, y_b])[keep]
+    return Loaded(X, y, [f"pixel{i}" for i in range(X.shape[1])], "mnist")
 
 
 def _load_imdb(cfg: ImdbConfig, seed: int) -> Loaded:
     import keras
 
     (x_a, y_a), (x_b, y_b) = keras.datasets.imdb.load_data(num_words=cfg.num_words)
-    sequences = list(x_a) + list(x_b)
-    y = np.concatenate([y_a, y_b])
-    X = np.zeros((len(sequences), cfg.num_words), dtype="float32")
-    for row, sequence in enumerate(sequences):
+    sequences = np.concatenate([x_a, x_b])
+    keep = _kept_rows(len(sequences), cfg.max_rows, seed)
+    # Only the kept reviews become multi-hot rows: all 50,000 over 10,000 words would take 2 GB.
+    X = np.zeros((len(keep), cfg.num_words), dtype="float32")
+    for row, sequence in enumerate(sequences[keep]):
         X[row, [i for i in sequence if i < cfg.num_words]] = 1.0
-    X, y = _subsample(X, y, cfg.max_rows, seed)
-    return X, y, [f"word{i}" for i in range(cfg.num_words)], "imdb"
+    return Loaded(X, np.concatenate([y_a, y_b])[keep], [f"word{i}" for i in range(cfg.num_words)], "imdb")
 
 
-def _subsample(X: np.ndarray, y: np.ndarray, max_rows: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if max_rows is None or len(y) <= max_rows:
-        return X, y
-    keep = np.random.default_rng(seed).permutation(len(y))[:max_rows]
-    return X[keep], y[keep]
-
-
-def _read_table(path: Path, key: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{key}: no file at {path}.")
-    try:
-        table = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{key}: {path} is empty.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{key}: {path} is not a readable CSV table: {exc}") from None
-    if table.empty:
-        raise DataError(f"{key}: {path} has a header but no rows.")
-    return table
+def _kept_rows(n: int, max_rows: int | None, seed: int) -> np.ndarray:
+    """The indices of the rows a `max_rows` subsample keeps (all of them when None or not fewer)."""
+    if max_rows is None or n <= max_rows:
+        return np.arange(n)
+    return np.random.default_rng(seed).permutation(n)[:max_rows]
 
 
 def _as_features(X: np.ndarray | pd.DataFrame, names: list[str]) -> np.ndarray:

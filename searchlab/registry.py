@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -28,6 +29,10 @@ def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) ->
     """Log a Keras model as `best_model` of run `run_id` (Keras flavor, with signature); returns its model URI
     (`models:/<id>`).
 
+    The model is logged without its training state (optimizer, loss, metrics): the served copy needs none, and
+    searchlab's own metrics (regression's RMSE in target units) would not load where searchlab is not imported,
+    such as MLflow's model server.
+
     The input example goes beside it as a run artifact: MLflow 3.17's Keras flavor fails when `save_model` is
     given `input_example` (it writes the example before it creates the model folder). The pip requirements
     are given, not inferred: MLflow's inference loads the model in a subprocess that imports TensorFlow, most
@@ -36,6 +41,7 @@ def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) ->
     import mlflow.keras
 
     client = tracker.client
+    model = _without_training_state(model)
     example = example.astype("float32")
     signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
     logged = client.create_logged_model(tracker.experiment_id, name=MODEL_NAME, source_run_id=run_id)
@@ -51,6 +57,27 @@ def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) ->
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     client.log_dict(run_id, {"inputs": example.tolist()}, INPUT_EXAMPLE)
     return f"models:/{logged.model_id}"
+
+
+def _without_training_state(model: Any) -> Any:
+    """An uncompiled copy of `model` (its submodels uncompiled too) with the same weights."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def newest_model(uri: str) -> str | None:
+    """The `models:/<id>` URI of the newest finished `best_model` in the store at `uri` (any experiment), or None."""
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_logged_models(experiments, filter_string=f"name = '{MODEL_NAME}'",
+                                        order_by=[{"field_name": "creation_time", "ascending": False}])
+    ready = [model for model in found if model.status == LoggedModelStatus.READY]
+    return f"models:/{ready[0].model_id}" if ready else None
 
 
 def should_promote(new: float | None, champion: float | None, higher_is_better: bool) -> bool:

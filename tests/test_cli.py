@@ -247,6 +247,26 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     assert not db.exists()
 
 
+def test_help_lists_the_groups_the_keys_and_examples(tmp_path: Path) -> None:
+    """`searchlab --help` (what `make search ARGS=--help` runs): every group and its options as Hydra finds them in
+    conf/ (no schema among them), the most used keys, examples; no search, no store."""
+    outcome = run_cli("--help", timeout=60)
+    assert outcome.returncode == 0, outcome.text
+    text = outcome.stdout
+    for line in ("dataset: csv, digits, imdb, mnist, synthetic", "model: mlp", "search/coarse: random",
+                 "search/fine: grid, hyperband", "tracking: local, server"):
+        assert line in text, text
+    assert "experiment: " in text and "smoke" in text
+    assert "_schema" not in text
+    for key in ("seed=", "verbose=", "resume=", "dataset.path=", "dataset.target=", "dataset.sep=", "dataset.header=",
+                "model.epochs=", "model.scaling=", "search.coarse.n_iter=", "search.coarse.cv=",
+                "search.fine.max_params=", "tracking.uri=", "tracking.register_as="):
+        assert f"\n{key}" in text, key
+    examples = text.split("== Examples ==")[1]
+    assert examples.count("\nsearchlab ") >= 3
+    assert TRACEBACK not in outcome.text and not (ROOT / "outputs").exists()
+
+
 def test_a_sweep_runs_one_search_per_job(tmp_path: Path) -> None:
     """`searchlab -m seed=1,2`: two searches into one store, and a table of both at the end."""
     store_ = new_store(tmp_path / "mlruns")  # the store and experiment exist before the jobs

@@ -64,6 +64,29 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
     assert smoke.coarse_space()["units"].high < default.coarse_space()["units"].high
 
 
+@pytest.mark.parametrize(("preset", "dataset", "space"), [
+    ("mnist", DatasetName.mnist, {"layers": Param("layers", "int", 1, 3), "units": Param("units", "int", 32, 512, True),
+                                  "dropout": Param("dropout", "float", 0.0, 0.5),
+                                  "learning_rate": Param("learning_rate", "float", 1e-4, 1e-2, True)}),
+    ("imdb", DatasetName.imdb, {"units": Param("units", "int", 8, 64, True), "layers": Param("layers", "int", 1, 3),
+                                "dropout": Param("dropout", "float", 0.0, 0.6), "l2": Param("l2", "float", 1e-4, 1e-2, True),
+                                "learning_rate": Param("learning_rate", "float", 1e-4, 1e-2, True)}),
+])
+def test_tutorial_presets_search_exactly_their_space(make_config: MakeConfig, preset: str, dataset: DatasetName,
+                                                     space: dict[str, Param]) -> None:
+    """`experiment=mnist|imdb`: the tutorial's data set and exactly its space (nothing of random.yaml's added), the
+    coarse stage's other settings as in random.yaml. Composing downloads nothing."""
+    config, default = make_config(f"experiment={preset}"), make_config()
+    assert config.dataset.name == dataset
+    assert config.coarse_space() == space
+    fields = ("cv", "scoring", "n_jobs", "random_state")
+    assert [getattr(config.search.coarse, f) for f in fields] == [getattr(default.search.coarse, f) for f in fields]
+    if preset == "imdb":
+        assert isinstance(config.dataset, ImdbConfig) and config.dataset.num_words == 10000
+        assert config.model.l2 > 0 and config.model.dropout > 0  # the book's regularized network as the defaults
+    assert make_config(f"experiment={preset}", "search.coarse.n_iter=3").search.coarse.n_iter == 3
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
