@@ -22,6 +22,7 @@ from searchlab.infra.serve import resolve_model, serve_env
 from searchlab.infra.tracking_server import free_port, serving
 from searchlab.model import Scalers, build_model
 from searchlab.tracking import Tracker
+from tests.conftest import empty_store_uri
 
 
 def _raw_feature_model(task: str) -> object:
@@ -41,7 +42,7 @@ def _raw_feature_model(task: str) -> object:
 def test_make_serve_answers_like_the_model_in_python(tmp_path: Path) -> None:
     """Two searches' models in a store; `python -m searchlab.infra.serve` without a model serves the newer one,
     and its predictions for raw rows are the in-process ones. Before any model, it says there is none."""
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "searchlab")
+    tracker = Tracker(empty_store_uri(tmp_path / "mlruns"), "searchlab")
     with pytest.raises(SearchlabError, match=r"no searched model in .*MODEL=models:/<id>"):
         resolve_model(None, tracker.uri)
     rows = np.array([[0.3, 4.0, 120.0, 0.01], [-1.2, 9.5, -20.0, 0.2], [2.0, -3.0, 55.0, -0.05]], dtype="float32")
