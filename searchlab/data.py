@@ -42,7 +42,7 @@ class Dataset:
     y_test: np.ndarray
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] = ()  # label of class i; empty for regression
-    test_rows: str = ""  # which rows were held out: `test_fingerprint`
+    test_rows: str = ""  # which rows were held out: `fingerprint_rows`
     notes: tuple[str, ...] = ()  # what the user may want to know about how the data was read
 
     @property
@@ -90,10 +90,10 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
     except ValueError as exc:
         raise DataError(f"{name}: cannot split {len(y)} rows with dataset.test_size={cfg.test_size}: {exc}") from None
     return Dataset(name, task, X_train, y_train, X_test, y_test, tuple(feature_names), class_names,
-                   test_fingerprint(name, seed, cfg.test_size, X_test, y_test), notes)
+                   fingerprint_rows(name, seed, cfg.test_size, X_test, y_test), notes)
 
 
-def test_fingerprint(name: str, seed: int, test_size: float, X_test: np.ndarray, y_test: np.ndarray) -> str:
+def fingerprint_rows(name: str, seed: int, test_size: float, X_test: np.ndarray, y_test: np.ndarray) -> str:
     """Names the test rows of a split: the data set, the split's seed and size, and a hash of the rows' features
     and targets. Two searches scored on the same rows have the same fingerprint; promotion compares only those."""
     digest = hashlib.sha256()

@@ -34,7 +34,7 @@ from searchlab.uncertainty import Comparison, Estimate, bootstrap, compare, esti
 
 
 @dataclass(frozen=True)
-class TestScores:
+class HeldOutScores:
     """Every metric of the searched model, the trivial baseline and the reference on the test rows, each with its
     bootstrap interval (the same resamples for all three), and the searched metric compared pairwise."""
 
@@ -50,7 +50,7 @@ class TestScores:
 class FinalResult:
     params: dict[str, Any]
     epochs: int
-    scores: TestScores
+    scores: HeldOutScores
     history: dict[str, list[float]]
     model: Any  # keras.Model on raw features, predicting in target units / class probabilities
     test_prediction: np.ndarray  # class probabilities (classification) or predicted values on the test split
@@ -96,14 +96,14 @@ def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
     return FinalResult(
         params=dict(params),
         epochs=epochs,
-        scores=test_scores(ctx, prediction, settings),
+        scores=score_held_out(ctx, prediction, settings),
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         model=model,
         test_prediction=prediction,
     )
 
 
-def test_scores(ctx: SearchContext, prediction: np.ndarray, settings: FinalConfig) -> TestScores:
+def score_held_out(ctx: SearchContext, prediction: np.ndarray, settings: FinalConfig) -> HeldOutScores:
     """`prediction` (the searched model's on the test rows), the baseline's and the reference's metrics with
     intervals from `settings.resamples` bootstrap resamples of the test rows (seeded by the search's seed)."""
     data, metric = ctx.data, ctx.scoring.display_name
@@ -120,7 +120,7 @@ def test_scores(ctx: SearchContext, prediction: np.ndarray, settings: FinalConfi
         return compare(ctx.scoring, resampled[f"model/{metric}"], resampled[f"{other}/{metric}"],
                        points["model"][metric], points[other][metric])
 
-    return TestScores(estimates["model"], estimates["baseline"], estimates.get("reference"), versus("baseline"),
+    return HeldOutScores(estimates["model"], estimates["baseline"], estimates.get("reference"), versus("baseline"),
                       versus("reference") if settings.reference else None, settings.resamples)
 
 

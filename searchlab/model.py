@@ -207,16 +207,16 @@ class ValidationScore(keras.callbacks.Callback):
 def deterministic(seed: int) -> Iterator[None]:
     """While open, training repeats bit for bit on CPU: Keras' seeds set from `seed`, and TensorFlow's op
     determinism on (off again after, if it was off; SciKeras does the same around each coarse fit)."""
-    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # the only place TF tells whether it is on
 
     keras.utils.set_random_seed(seed)
-    was_on = tf.config.experimental.is_op_determinism_enabled()
-    tf.config.experimental.enable_op_determinism()
+    was_on = tf_config.is_op_determinism_enabled()
+    tf_config.enable_op_determinism()
     try:
         yield
     finally:
         if not was_on:
-            tf.config.experimental.disable_op_determinism()
+            tf_config.disable_op_determinism()
 
 
 def training_callbacks(settings: ModelConfig, scoring: Scoring | None = None) -> list[keras.callbacks.Callback]:

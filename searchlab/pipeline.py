@@ -27,7 +27,7 @@ from searchlab.context import SearchContext
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import ConfigError, SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
-from searchlab.final import FinalResult, TestScores, best_epoch_count, refit_and_test
+from searchlab.final import FinalResult, HeldOutScores, best_epoch_count, refit_and_test
 from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, confirm, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
@@ -340,7 +340,7 @@ def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, trials: list[tup
     tracker.end_run(run_id)
 
 
-def test_metrics(scores: TestScores, searched: str) -> dict[str, float]:
+def result_metrics(scores: HeldOutScores, searched: str) -> dict[str, float]:
     """The search run's test metrics: `test_<metric>` and its interval `test_<metric>_low`/`_high`, the same for
     `baseline_test_` and `reference_test_`, and the searched metric's paired differences (higher is better)
     `test_<metric>_vs_baseline`/`_vs_reference` with their intervals."""
@@ -364,7 +364,7 @@ def _record_result(tracker: Tracker, settings: TrackingConfig, result: SearchRes
     tracker.log(
         parent,
         params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": final.epochs},
-        metrics={**test_metrics(final.scores, scoring.display_name),
+        metrics={**result_metrics(final.scores, scoring.display_name),
                  "coarse_best_score": result.coarse.best.mean_score, "fine_best_score": result.fine.best.score,
                  "wall_time_s": result.wall_time},
     )

@@ -57,9 +57,9 @@ def log_model(tracker: Tracker, run_id: str, model: Any, example: np.ndarray) ->
 
 
 @dataclass(frozen=True)
-class TestScore:
+class RecordedScore:
     """A search run's test score on the searched metric, as its run records it: the value, its interval, and
-    which test rows it was measured on (`searchlab.data.test_fingerprint`)."""
+    which test rows it was measured on (`searchlab.data.fingerprint_rows`)."""
 
     value: float | None
     low: float | None = None
@@ -67,7 +67,7 @@ class TestScore:
     test_rows: str | None = None
 
 
-def should_promote(new: TestScore, champion: TestScore | None, higher_is_better: bool,
+def should_promote(new: RecordedScore, champion: RecordedScore | None, higher_is_better: bool,
                    margin: float = 0.0) -> tuple[bool, str]:
     """Whether a new version takes the champion alias, and why (a clause for a sentence).
 
@@ -102,12 +102,12 @@ def should_promote(new: TestScore, champion: TestScore | None, higher_is_better:
                    "not clearly better")
 
 
-def read_score(tracker: Tracker, run_id: str, metric: str) -> TestScore:
+def read_score(tracker: Tracker, run_id: str, metric: str) -> RecordedScore:
     """Run `run_id`'s score on `metric` (e.g. test_accuracy), its interval and test rows, as `_record_result`
     logged them."""
     run = tracker.client.get_run(run_id)
     metrics = run.data.metrics
-    return TestScore(metrics.get(metric), metrics.get(f"{metric}_low"), metrics.get(f"{metric}_high"),
+    return RecordedScore(metrics.get(metric), metrics.get(f"{metric}_low"), metrics.get(f"{metric}_high"),
                      run.data.tags.get(TEST_ROWS_TAG))
 
 
@@ -143,7 +143,7 @@ def register(tracker: Tracker, model_uri: str, name: str, run_id: str, metric: s
             f"{champion.version} ({metric} {_shown(old)}): {why}.")
 
 
-def _shown(score: TestScore | None) -> str:
+def _shown(score: RecordedScore | None) -> str:
     return "none" if score is None or score.value is None else f"{score.value:.4g}"
 
 
