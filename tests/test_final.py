@@ -40,6 +40,10 @@ def test_refit_trains_every_row_for_the_given_epochs_and_tests_once() -> None:
     assert list(final.test_metrics) == list(final.baseline_metrics) == metric_names("binary", "accuracy")
     raw = np.asarray(final.model.predict(ctx.data.X_test, verbose=0)).ravel()  # takes raw features
     np.testing.assert_allclose(raw, final.test_prediction[:, 1], rtol=1e-5)
+    # the same seed and values repeat bit for bit (op determinism on, `searchlab.model.deterministic`)
+    again = refit_and_test(ctx, params, 4, replay_learning_rate({"learning_rate": [0.01, 0.005]}))
+    np.testing.assert_array_equal(again.test_prediction, final.test_prediction)
+    assert again.history == final.history and again.scores == final.scores
 
 
 def test_a_regression_refit_predicts_in_target_units() -> None:

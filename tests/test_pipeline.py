@@ -14,7 +14,7 @@ from PIL import Image
 from searchlab import pipeline
 from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
-from searchlab.errors import StageFailedError
+from searchlab.errors import ConfigError, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
 from tests.conftest import TINY, Store, new_store
 
@@ -223,3 +223,9 @@ def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> Non
     trials = store.runs(f"tags.`{RUN_TAG}` = 'trial'")
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FAILED"}
     assert all("searchlab.error" in r.data.tags for r in trials)
+
+
+def test_class_weights_on_a_regression_task_stop_before_any_run(store_uri: str) -> None:
+    config = compose(*TINY, "dataset.generator=regression", "model.class_weight=balanced", f"tracking.uri={store_uri}")
+    with pytest.raises(ConfigError, match="model.class_weight must be none for a regression task, got 'balanced'"):
+        pipeline.run(config)

@@ -15,7 +15,6 @@ from searchlab.records import TEST_ROWS_TAG
 from searchlab.registry import RecordedScore
 from searchlab.tracking import Tracker
 
-
 ROWS = "digits seed=0 test_size=0.2 rows=360 sha256=0123456789abcdef"
 OTHER_ROWS = "digits seed=1 test_size=0.2 rows=360 sha256=fedcba9876543210"
 
