@@ -79,7 +79,7 @@ class SearchResult:
                  f"{len(self.data.y_test)} test rows; the reference: gradient-boosted trees, scikit-learn's defaults, "
                  "same rows):", "",
                  "  | metric | " + " | ".join(who for who, _ in columns) + " |",
-                 "  |---" * (len(columns) + 1) + "|"]
+                 "  " + "|---" * (len(columns) + 1) + "|"]
         for name in scores.model:
             shown = f"**{name}** (searched)" if name == metric else name
             lines.append(f"  | {shown} | " + " | ".join(str(table[name]) for _, table in columns) + " |")
