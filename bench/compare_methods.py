@@ -23,7 +23,6 @@ import keras_tuner as kt
 import numpy as np
 from compare_budget import Plan
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingRandomSearchCV)
-from sklearn.metrics import get_scorer
 from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV
 
 from searchlab import pipeline
@@ -43,7 +42,7 @@ from searchlab.errors import SearchInterrupted
 from searchlab.final import best_epoch_count, refit_and_test
 from searchlab.fine import ScaledSplit, scaled_splits
 from searchlab.infra.processes import worker_thread_env
-from searchlab.metrics import Scoring
+from searchlab.metrics import Scoring, scorer
 from searchlab.model import (
     build_model,
     diverged,
@@ -168,7 +167,7 @@ class FoldRecorder:
     cannot report back). A fold whose fit failed scores NaN and is not noted."""
 
     def __init__(self, scoring: Scoring, keys: Sequence[str], folder: Path) -> None:
-        self.scorer = get_scorer(scoring.name)
+        self.scorer = scorer(scoring)
         self.val_key = scoring.val_key
         self.keys = list(keys)
         self.folder = folder
@@ -339,7 +338,7 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
         max_epochs=bench.plan.epochs, factor=fine.factor, hyperband_iterations=bench.plan.kt_iterations,
         seed=bench.seed, max_consecutive_failed_trials=10**9, directory=str(bench.workdir), project_name="kerastuner",
         overwrite=True)
-    tuner.search(verbose=0, callbacks=training_callbacks(bench.config.model, scoring.val_key, scoring.direction))
+    tuner.search(verbose=0, callbacks=training_callbacks(bench.config.model, scoring))
     trials = tuner.oracle.trials
     trace = sorted((tuner.ended[tid] - started, scoring.to_score(t.score) if t.score is not None else math.nan)
                    for tid, t in trials.items() if tid in tuner.ended)
@@ -408,7 +407,7 @@ def run_optuna(bench: Bench, started: float) -> MethodResult:
                             steps_per_execution=bench.config.model.steps_per_execution,
                             target_scale=split.target_scale, **build)
         report = _ReportEpochs(trial, scoring.val_key, scoring)
-        callbacks = [*training_callbacks(bench.config.model, scoring.val_key, scoring.direction), report]
+        callbacks = [*training_callbacks(bench.config.model, scoring), report]
         history = fit_model(model, split.X_fit, split.y_fit, validation=(split.X_val, split.y_val),
                             batch_size=fit["batch_size"], epochs=bench.plan.epochs, seed=bench.seed,
                             callbacks=callbacks)

@@ -27,17 +27,16 @@ from scikeras.utils.random_state import tensorflow_random_state
 from scikeras.wrappers import KerasClassifier, KerasRegressor
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import FitFailedWarning
-from sklearn.metrics import get_scorer
 from sklearn.model_selection import KFold, ParameterSampler, RandomizedSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import ClassifierTags, RegressorTags
 
-from searchlab.config import CoarseConfig, DaskConfig
+from searchlab.config import ClassWeight, CoarseConfig, DaskConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.infra.processes import worker_thread_env
-from searchlab.metrics import Scoring
+from searchlab.metrics import Scoring, scorer
 from searchlab.model import build_model, diverged, fit_model, mean_curves, training_callbacks
 from searchlab.scaling import FeatureScaler
 from searchlab.space import BUILD_PARAMS, SCALING_PARAMS, Param, Space
@@ -128,7 +127,10 @@ class _TrackedFit:
             history = fit_model(self.model_, X[:len(X) - n_val], y[:len(y) - n_val],  # type: ignore[attr-defined]
                                 batch_size=self.batch_size, epochs=initial_epoch + epochs,  # type: ignore[attr-defined]
                                 initial_epoch=initial_epoch, seed=self._random_state,  # type: ignore[attr-defined]
-                                validation=validation, callbacks=self._fit_callbacks)  # type: ignore[attr-defined]
+                                validation=validation, callbacks=self._fit_callbacks,  # type: ignore[attr-defined]
+                                # SciKeras has turned `class_weight` into `sample_weight` too; ignored here:
+                                # `fit_model` weighs the classes of the rows it trains on, as in every stage
+                                class_weight=getattr(self, "class_weight", None) or "none")
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
 
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
@@ -189,6 +191,8 @@ def make_estimator(ctx: SearchContext, values: Mapping[str, Any] | None = None) 
     """
     hyperparameters = {**ctx.defaults, **(values or {})}
     wrapper = SearchlabRegressor if ctx.data.task == "regression" else SearchlabClassifier
+    balanced = ctx.model.class_weight == ClassWeight.balanced
+    weights = {} if ctx.data.task == "regression" else {"class_weight": "balanced" if balanced else None}
     net = wrapper(
         model=_scikeras_model,
         model__task=ctx.data.task,
@@ -197,10 +201,11 @@ def make_estimator(ctx: SearchContext, values: Mapping[str, Any] | None = None) 
         **{f"model__{name}": hyperparameters[name] for name in BUILD_PARAMS},
         batch_size=hyperparameters["batch_size"],
         epochs=hyperparameters["epochs"],
-        callbacks=training_callbacks(ctx.model, ctx.scoring.val_key, ctx.scoring.direction),
+        callbacks=training_callbacks(ctx.model, ctx.scoring),
         validation_split=ctx.model.validation_fraction,
         random_state=ctx.seed,
         verbose=0,
+        **weights,
     )
     pipeline = Pipeline([("scale", FeatureScaler(hyperparameters["scaling"])), ("net", net)])
     if ctx.data.task == "regression":
@@ -290,7 +295,7 @@ def run_coarse(
                     estimator, {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
                     numbers=frozenset(pending[start:start + per_slice]), batch_size=workers,
                     candidate_key=candidate_key, report=report, n_iter=settings.n_iter,
-                    scoring=_HistoryScorer(ctx.scoring.name, history_dir), cv=cv, n_jobs=settings.n_jobs,
+                    scoring=_HistoryScorer(ctx.scoring, history_dir), cv=cv, n_jobs=settings.n_jobs,
                     random_state=sampler_seed(settings, ctx.seed), refit=False, error_score=np.nan)
                 search.fit(X, y)
     return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), ctx.scoring)
@@ -383,8 +388,8 @@ class _HistoryScorer:
     """Scores a fitted fold, and leaves its training curves (or why its fit failed) in `history_dir` for the
     parent process: joblib's worker processes cannot hand them back otherwise."""
 
-    def __init__(self, scoring: str, history_dir: str) -> None:
-        self.scorer = get_scorer(scoring)
+    def __init__(self, scoring: Scoring, history_dir: str) -> None:
+        self.scorer = scorer(scoring)
         self.history_dir = history_dir
 
     def __call__(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> float:

@@ -57,6 +57,11 @@ class FineKind(StrEnum):
     hyperband = "hyperband"
 
 
+class ClassWeight(StrEnum):
+    none = "none"
+    balanced = "balanced"  # each class weighted by n_rows / (n_classes * its rows), on the rows a fit trains on
+
+
 class Backend(StrEnum):
     local = "local"
     dask = "dask"
@@ -191,6 +196,7 @@ class ModelConfig:
     validation_fraction: float = _bounded(0.1, Interval(0.0, 0.5, "right"))
     steps_per_execution: int = _bounded(16, Interval(1))
     scaling: str = "standard"
+    class_weight: ClassWeight = ClassWeight.none  # classification: weight the loss by inverse class frequency
 
     def hyperparameters(self) -> dict[str, Any]:
         """The default value of every hyperparameter, by name."""
@@ -256,11 +262,19 @@ class SearchConfig:
 
 
 @dataclass
+class FinalConfig:
+    reference: bool = True  # also score gradient-boosted trees (scikit-learn defaults) on the same rows
+    resamples: int = _bounded(1000, Interval(100))  # bootstrap resamples of the test rows for every interval
+
+
+@dataclass
 class TrackingConfig:
     uri: str | None = None
     experiment: str = "searchlab"
     log_model: bool = True
     register_as: str | None = None
+    # promotion: better by more than this (in the metric's units); 0: better beyond the new score's interval
+    promote_margin: float = _bounded(0.0, Interval(0.0))
 
 
 @dataclass
@@ -273,6 +287,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:

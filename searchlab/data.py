@@ -6,6 +6,7 @@ returned unscaled: scaling is fitted inside each fit on its training rows only.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -44,6 +45,8 @@ class Dataset:
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] = ()  # label of class i; empty for regression
     reading: str = ""  # how a file was read, e.g. "sep ';' (sniffed), no header row"
+    test_rows: str = ""  # which rows were held out: `fingerprint_rows`
+    notes: tuple[str, ...] = ()  # what the user may want to know about how the data was read
 
     @property
     def is_classification(self) -> bool:
@@ -74,6 +77,9 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
     if len(X) != len(y):
         raise DataError(f"{name}: {len(X)} feature rows but {len(y)} target values; they must match.")
     task = _infer_task(y) if cfg.task is Task.auto else cfg.task.value
+    # the built-in data sets' integer targets are classes (digits); a user's table may hold counts or ratings
+    inferred = cfg.task is Task.auto and task == "multiclass" and isinstance(cfg, CsvConfig)
+    notes = tuple(note for note in [_count_note(y, name) if inferred else ""] if note)
     class_names: tuple[str, ...] = ()
     if task == "regression":
         y = _numeric_target(y, name)
@@ -86,7 +92,18 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
         )
     except ValueError as exc:
         raise DataError(f"{name}: cannot split {len(y)} rows with dataset.test_size={cfg.test_size}: {exc}") from None
-    return Dataset(name, task, X_train, y_train, X_test, y_test, tuple(feature_names), class_names, reading)
+    return Dataset(name, task, X_train, y_train, X_test, y_test, tuple(feature_names), class_names, reading,
+                   fingerprint_rows(name, seed, cfg.test_size, X_test, y_test), notes)
+
+
+def fingerprint_rows(name: str, seed: int, test_size: float, X_test: np.ndarray, y_test: np.ndarray) -> str:
+    """Names the test rows of a split: the data set, the split's seed and size, and a hash of the rows' features
+    and targets. Two searches scored on the same rows have the same fingerprint; promotion compares only those."""
+    digest = hashlib.sha256()
+    for array in (X_test, y_test):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return f"{name} seed={seed} test_size={test_size:g} rows={len(y_test)} sha256={digest.hexdigest()[:16]}"
 
 
 def check_cv_feasible(data: Dataset, cv: int) -> None:
@@ -233,6 +250,19 @@ def _infer_task(y: np.ndarray) -> str:
     if whole and n_unique <= _MAX_CLASSES:
         return "binary" if n_unique == 2 else "multiclass"
     return "regression"
+
+
+def _count_note(y: np.ndarray, name: str) -> str:
+    """A note when a target read as classes may be counts or ratings (whole numbers, 3 or more, no gaps): a
+    regression may suit it better, and the task was only inferred."""
+    series = pd.Series(y)
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return ""
+    values = np.unique(series.dropna().to_numpy(dtype="float64"))
+    if len(values) < 3 or not np.array_equal(values, np.arange(values[0], values[0] + len(values))):
+        return ""
+    return (f"{name}: the target's {len(values)} whole numbers ({values[0]:g} to {values[-1]:g}) are read as "
+            f"{len(values)} unordered classes; if they are counts or ratings, set dataset.task=regression.")
 
 
 def _numeric_target(y: np.ndarray, name: str) -> np.ndarray:

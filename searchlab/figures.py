@@ -38,6 +38,9 @@ def search_plots(out: Path, data: Dataset, scoring: Scoring, coarse: CoarseResul
         paths.append(plots.parallel_coordinates(fine_trials, list(fine_space.tuned),
                                                 {n for n, p in fine_space.tuned.items() if p.log},
                                                 f"validation {metric}", out / "parallel_fine.png"))
+    if data.task == "binary":
+        paths.append(plots.ranking_curves(data.y_test, final.test_prediction[:, 1], data.class_names[1],
+                                          out / "roc_pr_test.png"))
     if data.is_classification:
         paths.append(plots.confusion_matrix(data.y_test, final.test_prediction.argmax(axis=1), list(data.class_names),
                                             out / "confusion_matrix_test.png"))

@@ -3,7 +3,8 @@
 With no validation rows left, training runs for the epoch count at which the chosen
 configuration's fine-stage validation score was best (what early stopping restored), at the
 learning rates that fit used.
-The test split is used here and only here, for the model and for a trivial baseline.
+The test split is used here and only here: for the model, a trivial baseline and a reference (gradient-boosted
+trees with scikit-learn's defaults), all three scored with bootstrap intervals on the same resamples.
 """
 
 from __future__ import annotations
@@ -14,29 +15,53 @@ from typing import Any
 import keras
 import numpy as np
 from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
+from searchlab.config import FinalConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
-from searchlab.metrics import evaluate_predictions
+from searchlab.metrics import evaluate_predictions, metric_names
 from searchlab.model import (
     Scalers,
     StopOnNonFiniteLoss,
     build_model,
+    deterministic,
     fit_model,
     predict_scores,
     split_hyperparameters,
 )
+from searchlab.uncertainty import Comparison, Estimate, bootstrap, compare, estimate
+
+
+@dataclass(frozen=True)
+class HeldOutScores:
+    """Every metric of the searched model, the trivial baseline and the reference on the test rows, each with its
+    bootstrap interval (the same resamples for all three), and the searched metric compared pairwise."""
+
+    model: dict[str, Estimate]  # metric -> estimate, the searched metric first
+    baseline: dict[str, Estimate]
+    reference: dict[str, Estimate] | None  # None: `final.reference` off
+    versus_baseline: Comparison
+    versus_reference: Comparison | None
+    n_resamples: int
 
 
 @dataclass(frozen=True)
 class FinalResult:
     params: dict[str, Any]
     epochs: int
-    test_metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
+    scores: HeldOutScores
     history: dict[str, list[float]]
     model: Any  # keras.Model on raw features, predicting in target units / class probabilities
     test_prediction: np.ndarray  # class probabilities (classification) or predicted values on the test split
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return {name: e.value for name, e in self.scores.model.items()}
+
+    @property
+    def baseline_metrics(self) -> dict[str, float]:
+        return {name: e.value for name, e in self.scores.baseline.items()}
 
 
 def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "val_loss", mode: str = "min") -> int:
@@ -47,40 +72,77 @@ def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "
 
 
 def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
-                   learning_rates: keras.callbacks.Callback | None = None) -> FinalResult:
-    """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline.
+                   learning_rates: keras.callbacks.Callback | None = None,
+                   settings: FinalConfig | None = None) -> FinalResult:
+    """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline (and the
+    reference, unless `settings.reference` is off), with intervals.
 
     `learning_rates` (`searchlab.model.replay_learning_rate`) replays the chosen fit's learning rates.
     """
+    settings = settings or FinalConfig()
     data, seed = ctx.data, ctx.seed
     scalers = Scalers.fit(data.X_train, data.y_train, data.task, params["scaling"])
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
-    keras.utils.set_random_seed(seed)
-    net = build_model(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
-                      steps_per_execution=ctx.model.steps_per_execution, target_scale=scalers.target_scale, **build)
-    callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
-    history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,
-                        verbose=2 if ctx.verbose >= 2 else 0)
+    with deterministic(seed):
+        net = build_model(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
+                          steps_per_execution=ctx.model.steps_per_execution, target_scale=scalers.target_scale,
+                          **build)
+        callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
+        history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,
+                            class_weight=ctx.model.class_weight, verbose=2 if ctx.verbose >= 2 else 0)
     model = scalers.wrap(net)
     prediction = predict_scores(model, data.X_test, data.task)
     return FinalResult(
         params=dict(params),
         epochs=epochs,
-        test_metrics=evaluate_predictions(data.task, data.y_test, prediction),
-        baseline_metrics=baseline_metrics(data),
+        scores=score_held_out(ctx, prediction, settings),
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         model=model,
         test_prediction=prediction,
     )
 
 
-def baseline_metrics(data: Dataset) -> dict[str, float]:
-    """Test metrics of the trivial model: class priors (majority class) or the training mean."""
+def score_held_out(ctx: SearchContext, prediction: np.ndarray, settings: FinalConfig) -> HeldOutScores:
+    """`prediction` (the searched model's on the test rows), the baseline's and the reference's metrics with
+    intervals from `settings.resamples` bootstrap resamples of the test rows (seeded by the search's seed)."""
+    data, metric = ctx.data, ctx.scoring.display_name
+    predictions = {"model": prediction, "baseline": baseline_prediction(data)}
+    if settings.reference:
+        predictions["reference"] = reference_prediction(data, ctx.seed)
+    resampled = bootstrap(data.task, data.y_test, predictions, n_resamples=settings.resamples, seed=ctx.seed)
+    names = metric_names(data.task, metric)
+    points = {who: evaluate_predictions(data.task, data.y_test, p) for who, p in predictions.items()}
+    estimates = {who: {name: estimate(points[who][name], resampled[f"{who}/{name}"]) for name in names}
+                 for who in predictions}
+
+    def versus(other: str) -> Comparison:
+        return compare(ctx.scoring, resampled[f"model/{metric}"], resampled[f"{other}/{metric}"],
+                       points["model"][metric], points[other][metric])
+
+    return HeldOutScores(estimates["model"], estimates["baseline"], estimates.get("reference"), versus("baseline"),
+                      versus("reference") if settings.reference else None, settings.resamples)
+
+
+def baseline_prediction(data: Dataset) -> np.ndarray:
+    """The trivial model's test prediction: class priors (so the majority class) or the training mean."""
     if data.is_classification:
         dummy = DummyClassifier(strategy="prior").fit(data.X_train, data.y_train)
-        proba = np.zeros((len(data.y_test), data.n_classes))
-        proba[:, dummy.classes_] = dummy.predict_proba(data.X_test)
-        return evaluate_predictions(data.task, data.y_test, proba)
-    prediction = DummyRegressor(strategy="mean").fit(data.X_train, data.y_train).predict(data.X_test)
-    return evaluate_predictions(data.task, data.y_test, prediction)
+        return _class_matrix(data, dummy.classes_, dummy.predict_proba(data.X_test))
+    return DummyRegressor(strategy="mean").fit(data.X_train, data.y_train).predict(data.X_test)
+
+
+def reference_prediction(data: Dataset, seed: int) -> np.ndarray:
+    """A strong reference's test prediction: scikit-learn's histogram gradient-boosted trees with their
+    defaults, fitted on the same training rows (seconds on tables of these sizes)."""
+    if data.is_classification:
+        trees = HistGradientBoostingClassifier(random_state=seed).fit(data.X_train, data.y_train)
+        return _class_matrix(data, trees.classes_, trees.predict_proba(data.X_test))
+    return HistGradientBoostingRegressor(random_state=seed).fit(data.X_train, data.y_train).predict(data.X_test)
+
+
+def _class_matrix(data: Dataset, classes: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Probabilities over every class of `data` from a model that saw only `classes`."""
+    full = np.zeros((len(proba), data.n_classes))
+    full[:, classes] = proba
+    return full

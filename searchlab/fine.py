@@ -30,6 +30,7 @@ from searchlab.metrics import Scoring
 from searchlab.model import (
     Scalers,
     build_model,
+    deterministic,
     diverged,
     fit_model,
     mean_curves,
@@ -278,8 +279,8 @@ def _train_job(ctx: SearchContext, settings: FineConfig, split_seed: int, scalin
     """The fine protocol's training job (values still to fill in) on the validation split `split_seed` draws."""
     return _TrainJob(values={}, data=scaled_splits(ctx.data, settings.validation_fraction, split_seed, scalings),
                      task=ctx.data.task, n_classes=ctx.data.n_classes, model_settings=ctx.model, seed=ctx.seed,
-                     executions=settings.executions_per_trial, epochs=ctx.model.epochs,
-                     objective=ctx.scoring.val_key, negated=ctx.scoring.negated, verbose=ctx.verbose)
+                     executions=settings.executions_per_trial, epochs=ctx.model.epochs, scoring=ctx.scoring,
+                     verbose=ctx.verbose)
 
 
 class TrialPool:
@@ -333,7 +334,7 @@ class FineSearch:
         """
         kt_config.DEBUG = self.job.verbose >= 2  # KerasTuner prints every failed trial's traceback by default
         hypermodel = _MLPHyperModel(self.space, self.base, self.settings)
-        objective = kt.Objective(self.job.objective, self.scoring.direction)
+        objective = kt.Objective(self.scoring.val_key, self.scoring.direction)
         common = dict(objective=objective, seed=self.seed, max_consecutive_failed_trials=10**9,
                       directory=str(self.workdir), project_name="fine", overwrite=overwrite)
         tuner: _TrackingMixin
@@ -358,11 +359,10 @@ class _TrainJob:
     seed: int
     executions: int
     epochs: int
+    scoring: Scoring  # the searched metric: early stopping, learning-rate cuts and the best epoch follow it
     initial_epoch: int = 0
     load_weights: str | None = None  # Hyperband continues a trial from an earlier one's weights
     save_weights: str | None = None
-    objective: str = "val_loss"
-    negated: bool = True
     verbose: int = 0
 
 
@@ -377,20 +377,19 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
     build, fit = split_hyperparameters(job.values)
     histories = []
     for execution in range(job.executions):
-        keras.utils.set_random_seed(job.seed + execution)  # repeats differ in initial weights and order
-        model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
-                            steps_per_execution=job.model_settings.steps_per_execution,
-                            target_scale=split.target_scale, **build)
-        if job.load_weights:
-            model.load_weights(job.load_weights)
-        mode = "min" if job.negated else "max"
-        callbacks = training_callbacks(job.model_settings, job.objective, mode)
-        if job.save_weights:
-            callbacks.append(_SaveBestWeights(job.objective, mode, job.save_weights))
-        history = fit_model(model, X_fit, y_fit, validation=(X_val, y_val), batch_size=fit["batch_size"],
-                            epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks,
-                            seed=job.seed + execution,
-                            verbose=2 if job.verbose >= 2 else 0)
+        with deterministic(job.seed + execution):  # repeats differ in initial weights and order
+            model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
+                                steps_per_execution=job.model_settings.steps_per_execution,
+                                target_scale=split.target_scale, **build)
+            if job.load_weights:
+                model.load_weights(job.load_weights)
+            callbacks = training_callbacks(job.model_settings, job.scoring)
+            if job.save_weights:
+                callbacks.append(_SaveBestWeights(job.scoring.val_key, job.scoring.direction, job.save_weights))
+            history = fit_model(model, X_fit, y_fit, validation=(X_val, y_val), batch_size=fit["batch_size"],
+                                epochs=job.epochs, initial_epoch=job.initial_epoch, callbacks=callbacks,
+                                seed=job.seed + execution, class_weight=job.model_settings.class_weight,
+                                verbose=2 if job.verbose >= 2 else 0)
         problem = diverged(history.history.get("loss", []), job.initial_epoch)
         if problem:
             raise kt.errors.FailedTrialError(problem)

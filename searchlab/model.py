@@ -6,15 +6,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
 
-from searchlab.config import ModelConfig
+from searchlab.config import ClassWeight, ModelConfig
+from searchlab.metrics import Scoring, as_probabilities, value
 from searchlab.scaling import Scaler, feature_scaler
 from searchlab.space import BUILD_PARAMS, FIT_PARAMS
 
@@ -95,7 +98,7 @@ def build_model(
     elif task == "binary":
         outputs = keras.layers.Dense(1, activation="sigmoid")(x)
         loss = "binary_crossentropy"
-        metrics = ["accuracy", keras.metrics.BinaryCrossentropy(name="log_loss"), keras.metrics.AUC(name="auc")]
+        metrics = ["accuracy", keras.metrics.BinaryCrossentropy(name="log_loss")]
     else:
         outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
         loss = "sparse_categorical_crossentropy"
@@ -115,18 +118,32 @@ def build_model(
 
 def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int,
               validation: tuple[np.ndarray, np.ndarray] | None = None, initial_epoch: int = 0,
-              callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 0) -> keras.callbacks.History:
-    """`model.fit` on arrays through a prefetched, shuffled tf.data pipeline.
+              callbacks: list[keras.callbacks.Callback] | None = None, class_weight: str = ClassWeight.none,
+              verbose: int = 0) -> keras.callbacks.History:
+    """`model.fit` on arrays through a prefetched, shuffled tf.data pipeline: the one place every stage trains.
 
     Keras 3 re-wraps NumPy inputs every epoch: on the small tabular sets this tool is for, that made an
     epoch several times slower than the same fit on a tf.data pipeline (bench/speed.py measures it).
+
+    Args:
+        validation: rows scored after every epoch (`val_*` in the logs); a `ValidationScore` among `callbacks`
+            scores them too.
+        class_weight: `balanced` weights each class's loss by the inverse of its frequency among `X`'s rows.
     """
     import tensorflow as tf
 
     train = tf.data.Dataset.from_tensor_slices((X, y)).shuffle(len(X), seed=seed, reshuffle_each_iteration=True)
     kwargs: dict[str, Any] = {}
+    if class_weight == ClassWeight.balanced:
+        labels = np.asarray(y).ravel().astype("int64")
+        classes = np.unique(labels)
+        kwargs["class_weight"] = dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes,
+                                                                                   y=labels).tolist(), strict=True))
     if validation is not None:
         kwargs["validation_data"] = tf.data.Dataset.from_tensor_slices(validation).batch(4096).prefetch(2)
+    for callback in callbacks or []:
+        if isinstance(callback, ValidationScore):
+            callback.rows = validation
     return model.fit(train.batch(batch_size).prefetch(2), epochs=epochs, initial_epoch=initial_epoch,
                      shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                      callbacks=callbacks, verbose=verbose, **kwargs)
@@ -166,12 +183,50 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def training_callbacks(settings: ModelConfig, monitor: str = "val_loss", mode: str = "min",
-                       ) -> list[keras.callbacks.Callback]:
-    """Early stopping on a validation metric (the search's, see `Scoring.val_key`), a smaller learning rate
-    when that metric stalls (logged per epoch as `learning_rate`, for `replay_learning_rate`), and an
-    immediate stop when the loss turns NaN/inf."""
+class ValidationScore(keras.callbacks.Callback):
+    """Logs a searched metric Keras does not compute itself (`Scoring.native` false: F1, ROC AUC, ...) on the
+    validation rows after every epoch, as `val_<metric>`, computed by `searchlab.metrics` exactly as the
+    coarse scorer and the test metrics compute it. Placed before the callbacks that read it; `fit_model` hands it
+    the validation rows."""
+
+    def __init__(self, scoring: Scoring) -> None:
+        super().__init__()
+        self.scoring = scoring
+        self.rows: tuple[np.ndarray, np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.rows is None or logs is None:
+            return
+        X, y = self.rows
+        proba = as_probabilities(np.asarray(self.model(X, training=False)))
+        task = "binary" if proba.shape[1] == 2 else "multiclass"
+        logs[self.scoring.val_key] = value(task, self.scoring.display_name, np.asarray(y).ravel(), proba)
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """While open, training repeats bit for bit on CPU: Keras' seeds set from `seed`, and TensorFlow's op
+    determinism on (off again after, if it was off; SciKeras does the same around each coarse fit)."""
+    from tensorflow.python.framework import config as tf_config  # the only place TF tells whether it is on
+
+    keras.utils.set_random_seed(seed)
+    was_on = tf_config.is_op_determinism_enabled()
+    tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            tf_config.disable_op_determinism()
+
+
+def training_callbacks(settings: ModelConfig, scoring: Scoring | None = None) -> list[keras.callbacks.Callback]:
+    """Early stopping on the searched metric on validation rows (`scoring.val_key`; without a scoring the
+    validation loss), a smaller learning rate when that metric stalls (logged per epoch as `learning_rate`, for
+    `replay_learning_rate`), and an immediate stop when the loss turns NaN/inf. A metric Keras does not compute
+    gets a `ValidationScore` first."""
+    monitor, mode = (scoring.val_key, scoring.direction) if scoring else ("val_loss", "min")
     callbacks: list[keras.callbacks.Callback] = [
+        *([ValidationScore(scoring)] if scoring and not scoring.native else []),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience,
                                       restore_best_weights=True),
         StopOnNonFiniteLoss(),
@@ -242,9 +297,4 @@ class Scalers:
 def predict_scores(model: keras.Model, X: np.ndarray, task: str) -> np.ndarray:
     """Class-probability matrix (classification) or predictions (regression) of an exported model."""
     raw = np.asarray(model.predict(X, verbose=0, batch_size=1024))
-    if task == "regression":
-        return raw.ravel()
-    if task == "binary":
-        p = raw.ravel()
-        return np.column_stack([1.0 - p, p])
-    return raw
+    return raw.ravel() if task == "regression" else as_probabilities(raw)

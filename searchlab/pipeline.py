@@ -21,13 +21,13 @@ from omegaconf import OmegaConf
 from searchlab import records, registry
 from searchlab.callbacks import CallbackList, SearchCallback
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
-from searchlab.config import Config, TrackingConfig, config_from_yaml
+from searchlab.config import ClassWeight, Config, TrackingConfig, config_from_yaml
 from searchlab.console import ProgressPrinter, format_duration, format_params, redact
 from searchlab.context import SearchContext
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
-from searchlab.errors import SearchInterrupted, StageFailedError
+from searchlab.errors import ConfigError, SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
-from searchlab.final import FinalResult, best_epoch_count, refit_and_test
+from searchlab.final import FinalResult, HeldOutScores, best_epoch_count, refit_and_test
 from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, TrialPool, confirm, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
@@ -69,6 +69,38 @@ class SearchResult:
         return (f"- **Re-scored** (the best {len(rescored)} on {splits} validation splits each, mean ± spread "
                 f"of {self.scoring.display_name}): {means}")
 
+    def _test_lines(self) -> list[str]:
+        """The test scores with intervals, the verdicts against the baseline and the reference, and (binary) how
+        the minority class fares."""
+        scores, metric = self.final.scores, self.scoring.display_name
+        columns = [("model", scores.model), ("baseline", scores.baseline),
+                   *([("reference", scores.reference)] if scores.reference else [])]
+        lines = [f"- **Test** (95% intervals from {scores.n_resamples} bootstrap resamples of the "
+                 f"{len(self.data.y_test)} test rows; the reference: gradient-boosted trees, scikit-learn's defaults, "
+                 "same rows):", "",
+                 "  | metric | " + " | ".join(who for who, _ in columns) + " |",
+                 "  " + "|---" * (len(columns) + 1) + "|"]
+        for name in scores.model:
+            shown = f"**{name}** (searched)" if name == metric else name
+            lines.append(f"  | {shown} | " + " | ".join(str(table[name]) for _, table in columns) + " |")
+        lines.append("")
+        baseline = scores.versus_baseline
+        if baseline.verdict == "ahead":
+            lines.append(f"- **Against the baseline:** {metric} better by {baseline}: the model learned something.")
+        else:
+            lines.append(f"- **Nothing learnable found:** on the test rows the model's {metric} is not distinguishable "
+                         f"from the trivial baseline's (difference {baseline}, higher is better); the features may "
+                         "not predict the target, or the search did not find how.")
+        if scores.versus_reference is not None:
+            versus = scores.versus_reference
+            where = {"ahead": "ahead of", "behind": "behind", "level": "level with"}[versus.verdict]
+            lines.append(f"- **Against the reference:** the network is {where} gradient-boosted trees on {metric} "
+                         f"(difference {versus}, higher is better"
+                         + ("; within the intervals)" if versus.verdict == "level" else ")"))
+        if self.data.task == "binary":
+            lines.append(f"- **Minority class:** {_minority(self.data, self.final.test_prediction)}")
+        return lines
+
     def summary(self) -> str:
         """Markdown summary: printed at the end and shown as the search run's description."""
         metric = self.scoring.display_name
@@ -77,6 +109,7 @@ class SearchResult:
             f"## searchlab search on {self.data.name}",
             "",
             f"- **Data:** {self.data.describe()}",
+            *(f"- **Note:** {note}" for note in self.data.notes),
             f"- **Coarse** ({len(self.coarse.trials)} candidates, "
             f"{len(self.coarse.trials) - len(self.coarse.completed)} failed): best CV {metric} "
             f"{self.scoring.to_metric(coarse_best.mean_score):.4f}"
@@ -87,9 +120,7 @@ class SearchResult:
             *([self._confirmation()] if fine_best.confirm_scores else []),
             f"- **Chosen:** {self.chosen_from}, {format_params(self.final.params)} (refit on all training rows "
             f"for {self.final.epochs} epochs)",
-            "- **Test vs baseline:** " + ", ".join(
-                f"{k} {v:.4f} (baseline {self.final.baseline_metrics[k]:.4f})"
-                for k, v in self.final.test_metrics.items()),
+            *self._test_lines(),
             f"- **Wall time:** {format_duration(self.wall_time)}",
             *([f"- **Registry:** {self.registry}"] if self.registry else []),
             "",
@@ -98,6 +129,18 @@ class SearchResult:
             self.fine_space.account(),
         ]
         return "\n".join(lines)
+
+
+def _minority(data: Dataset, prediction: np.ndarray) -> str:
+    """How the model fares on the rarer class of a binary task's test rows: recall and precision."""
+    counts = np.bincount(data.y_test, minlength=2)
+    rare = int(np.argmin(counts))
+    predicted = prediction.argmax(axis=1) == rare
+    actual = data.y_test == rare
+    found = int((predicted & actual).sum())
+    precision = f"{found / predicted.sum():.4f}" if predicted.any() else "undefined (never predicted)"
+    return (f"{data.class_names[rare]!r} ({counts[rare]} of {len(data.y_test)} test rows): recall "
+            f"{found / max(1, actual.sum()):.4f} ({found} found), precision {precision}.")
 
 
 def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[SearchCallback] = ()) -> SearchResult:
@@ -116,6 +159,9 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     started = time.time()
     data = data if data is not None else load_dataset(config.dataset, config.seed)
     scoring = scoring_for(data.task, config.search.coarse.scoring)
+    if data.task == "regression" and config.model.class_weight != ClassWeight.none:
+        raise ConfigError(f"model.class_weight must be none for a regression task, got "
+                          f"{config.model.class_weight.value!r}.")
     check_cv_feasible(data, config.search.coarse.cv)
     ctx = SearchContext(data, scoring, config.model, config.seed, config.verbose)
     hooks = CallbackList([*([ProgressPrinter(scoring.display_name)] if config.verbose >= 1 else []), *callbacks])
@@ -127,6 +173,8 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
         say(f"searchlab: resuming search {parent}: {len(finished.coarse)} coarse candidates and "
             f"{len(finished.fine)} fine trials already done")
     say(f"searchlab: {data.describe()}; scoring {scoring.name}")
+    for note in data.notes:
+        say(f"searchlab: note: {note}")
     search = _OpenSearch(tracker, parent, finished, hooks)
     try:
         coarse = _coarse_stage(search, ctx, config)
@@ -140,7 +188,8 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
         epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"], scoring.val_key,
                                                      scoring.direction)
         say(f"final: refitting the best configuration on all training rows for {epochs} epochs")
-        final = refit_and_test(ctx, best.params, epochs, replay_learning_rate(best.curves, best.first_epoch))
+        final = refit_and_test(ctx, best.params, epochs, replay_learning_rate(best.curves, best.first_epoch),
+                               config.final)
         result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
                               final, time.time() - started)
         result = _record_result(tracker, config.tracking, result)
@@ -174,7 +223,8 @@ def _open_search(tracker: Tracker, config: Config, data: Dataset) -> tuple[str, 
         return parent, records.read_finished(tracker, parent, config.coarse_space())
     parent = records.start_search(tracker, data.name)
     resolved = dataclasses.asdict(config)
-    tracker.log(parent, params=flatten(resolved), tags={records.TASK_TAG: data.task})
+    tracker.log(parent, params=flatten(resolved), tags={records.TASK_TAG: data.task,
+                                                        records.TEST_ROWS_TAG: data.test_rows})
     tracker.log_text(parent, redact(OmegaConf.to_yaml(OmegaConf.create(resolved))), "config.yaml")
     return parent, Finished()
 
@@ -293,6 +343,22 @@ def _end_stage(tracker: Tracker, run_id: str, scoring: Scoring, trials: list[tup
     tracker.end_run(run_id)
 
 
+def result_metrics(scores: HeldOutScores, searched: str) -> dict[str, float]:
+    """The search run's test metrics: `test_<metric>` and its interval `test_<metric>_low`/`_high`, the same for
+    `baseline_test_` and `reference_test_`, and the searched metric's paired differences (higher is better)
+    `test_<metric>_vs_baseline`/`_vs_reference` with their intervals."""
+    metrics: dict[str, float] = {}
+    for prefix, table in (("test_", scores.model), ("baseline_test_", scores.baseline),
+                          ("reference_test_", scores.reference or {})):
+        for name, e in table.items():
+            metrics |= {f"{prefix}{name}": e.value, f"{prefix}{name}_low": e.low, f"{prefix}{name}_high": e.high}
+    for other, versus in (("baseline", scores.versus_baseline), ("reference", scores.versus_reference)):
+        if versus is not None:
+            key = f"test_{searched}_vs_{other}"
+            metrics |= {key: versus.difference, f"{key}_low": versus.low, f"{key}_high": versus.high}
+    return metrics
+
+
 def _record_result(tracker: Tracker, settings: TrackingConfig, result: SearchResult) -> SearchResult:
     """Log the final model, test metrics, registry decision, summary and plots on the search run."""
     parent, final, scoring = result.run_id, result.final, result.scoring
@@ -301,15 +367,14 @@ def _record_result(tracker: Tracker, settings: TrackingConfig, result: SearchRes
     tracker.log(
         parent,
         params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": final.epochs},
-        metrics={**{f"test_{k}": v for k, v in final.test_metrics.items()},
-                 **{f"baseline_test_{k}": v for k, v in final.baseline_metrics.items()},
+        metrics={**result_metrics(final.scores, scoring.display_name),
                  "coarse_best_score": result.coarse.best.mean_score, "fine_best_score": result.fine.best.score,
                  "wall_time_s": result.wall_time},
     )
     decision = None
     if settings.register_as and model_uri:
         decision = registry.register(tracker, model_uri, settings.register_as, parent,
-                                     f"test_{scoring.display_name}", not scoring.negated)
+                                     f"test_{scoring.display_name}", not scoring.negated, settings.promote_margin)
     result = dataclasses.replace(result, model_uri=model_uri, registry=decision)
     tracker.set_description(parent, result.summary())
     with tempfile.TemporaryDirectory() as out:

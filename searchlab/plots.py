@@ -24,9 +24,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
+from sklearn import metrics as skm
 
 __all__ = ["ParamView", "best_so_far", "confusion_matrix", "influence", "learning_curves", "parallel_coordinates",
-           "regression_diagnostics", "scores_vs_params"]
+           "ranking_curves", "regression_diagnostics", "scores_vs_params"]
 
 Trials = Sequence[tuple[Mapping[str, Any], float]]
 
@@ -188,6 +189,34 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, class_names: Sequence
     ax.set_yticks(range(n), labels)
     accuracy = f"accuracy {np.trace(counts) / truth.size:.1%}" if truth.size else "no samples"
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({accuracy})")
+    return _save(fig, path)
+
+
+def ranking_curves(y_true: ArrayLike, score: ArrayLike, positive: str, path: Path | str) -> Path:
+    """A binary classifier's ROC curve and precision-recall curve for class 1 (named `positive`), with the
+    chance line of each (the diagonal; the class's share of the rows)."""
+    truth = np.asarray(y_true).ravel().astype(bool)
+    scores = np.asarray(score, dtype="float64").ravel()
+    _same_length("y_true", truth, "score", scores)
+    fig, axes = _figure(1, 2)
+    roc_ax, pr_ax = axes[0]
+    if truth.any() and not truth.all():
+        fpr, tpr, _ = skm.roc_curve(truth, scores)
+        precision, recall, _ = skm.precision_recall_curve(truth, scores)
+        roc_ax.plot(fpr, tpr, color=_KEPT, label=f"model (AUC {skm.roc_auc_score(truth, scores):.3f})")
+        pr_ax.step(recall, precision, where="post", color=_KEPT,
+                   label=f"model (AP {skm.average_precision_score(truth, scores):.3f})")
+        roc_ax.legend(loc="lower right")
+    else:
+        _note(roc_ax, "needs both classes")
+    roc_ax.plot([0, 1], [0, 1], "--", color="0.5", label="chance")
+    share = float(truth.mean()) if truth.size else 0.0
+    pr_ax.axhline(share, linestyle="--", color="0.5", label=f"chance ({share:.1%} {positive})")
+    pr_ax.legend(loc="upper right")
+    roc_ax.set(title=f"ROC ({positive} positive)", xlabel="false positive rate", ylabel="true positive rate",
+               xlim=(0, 1), ylim=(0, 1.02))
+    pr_ax.set(title=f"Precision-recall ({positive})", xlabel="recall", ylabel="precision", xlim=(0, 1),
+              ylim=(0, 1.02))
     return _save(fig, path)
 
 

@@ -34,6 +34,7 @@ RUN_TAG = "searchlab.run"  # search, stage or trial
 STAGE_TAG = "searchlab.stage"  # coarse or fine
 DATASET_TAG = "searchlab.dataset"
 TASK_TAG = "searchlab.task"
+TEST_ROWS_TAG = "searchlab.test_rows"  # which rows a search's test scores were measured on (data.fingerprint_rows)
 CANDIDATE_TAG = "searchlab.candidate"  # a coarse trial's number in sampling order
 TRIAL_ID_TAG = "searchlab.trial_id"  # a fine trial's KerasTuner id, or coarse-winner
 TUNED_TAG = "searchlab.tuned"  # the hyperparameters a fine trial's stage tuned, comma-separated

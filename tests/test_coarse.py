@@ -160,7 +160,7 @@ def test_finished_candidates_are_reused_and_the_rest_match_a_full_run(
     assert resumed.trials[0] is full.trials[0]
     for a, b in zip(resumed.trials, full.trials, strict=True):
         assert a.params == b.params
-        assert a.fold_scores == pytest.approx(b.fold_scores, abs=1e-9)
+        assert a.fold_scores == b.fold_scores  # bit for bit: SciKeras turns TensorFlow's op determinism on
 
 
 def test_diverging_candidates_fail_with_the_reason_and_the_rest_score() -> None:

@@ -57,6 +57,9 @@ def test_digits_test_size_and_seed(make_config: MakeConfig) -> None:
     other = _load(make_config, "dataset.test_size=0.5", seed=1)
     np.testing.assert_array_equal(data.y_test, again.y_test)
     assert not np.array_equal(data.X_test, other.X_test)
+    # the test rows' fingerprint: the same split gives the same, another seed or size another
+    assert data.test_rows == again.test_rows and data.test_rows.startswith("digits seed=0 test_size=0.5 rows=899 ")
+    assert other.test_rows != data.test_rows != _load(make_config).test_rows
 
 
 @pytest.mark.parametrize(
@@ -139,6 +142,13 @@ def test_csv_integer_target_is_multiclass(make_config: MakeConfig, tmp_path: Pat
     assert data.task == "multiclass" and data.class_names == ("1", "2", "3")
     assert set(np.unique(data.y_test)) == {0, 1, 2}
     assert "c" in data.feature_names and "y" not in data.feature_names
+    # whole numbers without gaps may be ratings: one note on the inferred task and how to override it
+    assert data.notes == ("t: the target's 3 whole numbers (1 to 3) are read as 3 unordered classes; if they are "
+                          "counts or ratings, set dataset.task=regression.",)
+    assert not _csv(make_config, tmp_path / "t.csv", "dataset.target=y", "dataset.task=multiclass").notes
+    table["y"] = (np.arange(90) % 3) * 10  # codes with gaps: labels, no note
+    table.to_csv(tmp_path / "t.csv", index=False)
+    assert not _csv(make_config, tmp_path / "t.csv", "dataset.target=y").notes
 
 
 def test_csv_explicit_binary_task_with_three_classes(make_config: MakeConfig, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from searchlab.final import baseline_metrics, best_epoch_count, refit_and_test
+from searchlab.config import FinalConfig
+from searchlab.final import baseline_prediction, best_epoch_count, refit_and_test, score_held_out
+from searchlab.metrics import evaluate_predictions, metric_names
 from searchlab.model import replay_learning_rate
 from tests.conftest import stage_inputs
 
@@ -20,10 +22,12 @@ def test_best_epoch_count_follows_the_searched_metric() -> None:
 
 def test_baseline_predicts_priors_or_the_mean() -> None:
     _, classification = stage_inputs("dataset.n_classes=3")
-    priors = baseline_metrics(classification.data)
-    assert priors["accuracy"] == pytest.approx(np.bincount(classification.data.y_test).max() / 40, abs=0.05)
+    data = classification.data
+    priors = evaluate_predictions(data.task, data.y_test, baseline_prediction(data))
+    assert priors["accuracy"] == pytest.approx(np.bincount(data.y_test).max() / 40, abs=0.05)
     _, regression = stage_inputs("dataset.generator=regression")
-    assert baseline_metrics(regression.data)["r2"] == pytest.approx(0.0, abs=0.1)
+    data = regression.data
+    assert evaluate_predictions(data.task, data.y_test, baseline_prediction(data))["r2"] == pytest.approx(0.0, abs=0.1)
 
 
 def test_refit_trains_every_row_for_the_given_epochs_and_tests_once() -> None:
@@ -33,15 +37,42 @@ def test_refit_trains_every_row_for_the_given_epochs_and_tests_once() -> None:
     assert final.epochs == 4 and len(final.history["loss"]) == 4
     assert final.history["learning_rate"] == pytest.approx([0.01, 0.005, 0.005, 0.005])
     assert final.test_prediction.shape == (len(ctx.data.y_test), 2)
-    assert set(final.test_metrics) == set(final.baseline_metrics) == {"accuracy", "log_loss", "roc_auc"}
+    assert list(final.test_metrics) == list(final.baseline_metrics) == metric_names("binary", "accuracy")
     raw = np.asarray(final.model.predict(ctx.data.X_test, verbose=0)).ravel()  # takes raw features
     np.testing.assert_allclose(raw, final.test_prediction[:, 1], rtol=1e-5)
+    # the same seed and values repeat bit for bit (op determinism on, `searchlab.model.deterministic`)
+    again = refit_and_test(ctx, params, 4, replay_learning_rate({"learning_rate": [0.01, 0.005]}))
+    np.testing.assert_array_equal(again.test_prediction, final.test_prediction)
+    assert again.history == final.history and again.scores == final.scores
 
 
 def test_a_regression_refit_predicts_in_target_units() -> None:
     _, ctx = stage_inputs("dataset.generator=regression")
     final = refit_and_test(ctx, {**ctx.defaults, "units": 16, "layers": 1, "learning_rate": 0.01}, 30)
-    assert set(final.test_metrics) == {"rmse", "mae", "r2"}
+    assert list(final.test_metrics) == ["rmse", "mae", "r2"]
     assert final.test_metrics["rmse"] < final.baseline_metrics["rmse"]  # 30 epochs on a linear target
     raw = np.asarray(final.model.predict(ctx.data.X_test, verbose=0)).ravel()  # raw features in, target units out
     np.testing.assert_allclose(raw, final.test_prediction, rtol=1e-5)
+
+
+def test_every_test_score_has_an_interval_and_the_reference_stands_beside_it() -> None:
+    """Intervals hold their scores; the reference (gradient-boosted trees) learns the moons, the prior cannot.
+    The model here is the truth with every 8th row's class flipped: far ahead of the baseline."""
+    _, ctx = stage_inputs("dataset.generator=moons", "dataset.n_samples=400")
+    data = ctx.data
+    flipped = np.where(np.arange(len(data.y_test)) % 8 == 0, 1 - data.y_test, data.y_test)
+    scores = score_held_out(ctx, np.eye(2)[flipped] * 0.9 + 0.05, FinalConfig(reference=True, resamples=300))
+    assert scores.reference is not None and scores.versus_reference is not None
+    for table in (scores.model, scores.baseline, scores.reference):
+        assert list(table) == metric_names("binary", "accuracy")
+        for name, e in table.items():
+            assert e.low <= e.value <= e.high, (name, e)
+            # (a constant prediction's AUC, balanced accuracy and F1, a perfect one's, are the same on every resample)
+            assert e.low < e.high or table is not scores.model, (name, e)
+    assert scores.model["accuracy"].value == pytest.approx(0.875)
+    assert scores.reference["accuracy"].value > 0.8 > scores.baseline["accuracy"].value
+    assert scores.versus_baseline.verdict == "ahead"
+    assert scores.versus_reference.low < scores.versus_reference.difference < scores.versus_reference.high
+    off = score_held_out(ctx, baseline_prediction(data), FinalConfig(reference=False, resamples=300))
+    assert off.reference is None and off.versus_reference is None
+    assert off.versus_baseline.verdict == "level"  # the baseline against itself: nothing learned

@@ -9,7 +9,15 @@ import keras
 import numpy as np
 
 from searchlab.config import Config
-from searchlab.model import build_model, diverged, fit_model, mean_curves, replay_learning_rate, training_callbacks
+from searchlab.metrics import SCORINGS, as_probabilities, value
+from searchlab.model import (
+    build_model,
+    diverged,
+    fit_model,
+    mean_curves,
+    replay_learning_rate,
+    training_callbacks,
+)
 
 
 def _noisy_binary(rows: int = 240) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +63,36 @@ def test_no_reduction_records_no_rates(make_config: Callable[..., Config]) -> No
     history = _fit(3, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model))
     assert "learning_rate" not in history.history
     assert replay_learning_rate(history.history) is None
+
+
+def test_a_metric_keras_lacks_is_logged_on_validation_rows_and_stops_training(
+        make_config: Callable[..., Config]) -> None:
+    """Average precision, which Keras does not compute, is logged per epoch as `val_average_precision` by
+    `searchlab.metrics`; early stopping watches it and restores the epoch where it was best."""
+    config = make_config("model.patience=2", "model.reduce_lr=1")
+    X, y = _noisy_binary()
+    history = _fit(30, validation=(X[180:], y[180:]), callbacks=training_callbacks(config.model,
+                                                                                  SCORINGS["average_precision"]))
+    curve = history.history["val_average_precision"]
+    assert len(curve) == len(history.history["loss"]) < 30  # stopped early, on this curve
+    assert int(np.argmax(curve)) == len(curve) - 1 - 2  # `patience` epochs after its best
+    restored = as_probabilities(np.asarray(history.model.predict(X[180:], verbose=0)))
+    assert value("binary", "average_precision", y[180:], restored) == max(curve)
+
+
+def test_balanced_class_weights_favour_the_rare_class() -> None:
+    """With 15% positives, `class_weight=balanced` makes the same seeded fit predict the rare class more often."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 5)).astype("float32")
+    y = ((X[:, 0] + rng.normal(size=400)) > 1.5).astype("float32").reshape(-1, 1)
+    assert 0.08 < y.mean() < 0.2
+    predicted = {}
+    for weighting in ("none", "balanced"):
+        keras.utils.set_random_seed(0)
+        model = build_model(n_features=5, task="binary", learning_rate=0.01, steps_per_execution=16)
+        fit_model(model, X, y, batch_size=32, epochs=5, seed=0, class_weight=weighting)
+        predicted[weighting] = float((np.asarray(model.predict(X, verbose=0)) > 0.5).mean())
+    assert predicted["balanced"] > 1.5 * predicted["none"]  # measured: 0.275 against 0.14
 
 
 def test_diverged_names_the_first_bad_epoch() -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 from searchlab import pipeline
 from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
-from searchlab.errors import StageFailedError
+from searchlab.errors import ConfigError, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
 from tests.conftest import TINY, Store, new_store
 
@@ -60,9 +60,15 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -
     assert parent.data.params["dataset.name"] == "digits"
     assert parent.data.params["search.coarse.n_iter"] == "4"
     assert "best.units" in parent.data.params
-    for key in ("test_accuracy", "test_log_loss", "baseline_test_accuracy", "baseline_test_log_loss"):
-        assert key in parent.data.metrics
-    assert parent.data.metrics["test_accuracy"] > parent.data.metrics["baseline_test_accuracy"] + 0.3
+    metrics = parent.data.metrics
+    for prefix in ("test_", "baseline_test_", "reference_test_"):
+        for name in ("accuracy", "log_loss", "balanced_accuracy", "f1", "roc_auc", "average_precision"):
+            assert metrics[f"{prefix}{name}_low"] <= metrics[f"{prefix}{name}"] <= metrics[f"{prefix}{name}_high"]
+    assert metrics["test_accuracy"] > metrics["baseline_test_accuracy"] + 0.3
+    assert metrics["test_accuracy_vs_baseline_low"] > 0  # distinguishable from the baseline
+    assert metrics["test_accuracy_vs_reference_low"] <= metrics["test_accuracy_vs_reference"]
+    assert parent.data.tags["searchlab.test_rows"] == result.data.test_rows
+    assert result.data.test_rows.startswith("digits seed=0 test_size=0.2 rows=360 sha256=")
 
     stages = _runs(client, exp, f"tags.`mlflow.parentRunId` = '{result.run_id}'")
     assert sorted(s.data.tags[STAGE_TAG] for s in stages) == ["coarse", "fine"]
@@ -154,8 +160,11 @@ def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient, Reco
 def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, client, _ = smoke
     summary = result.summary()
-    for part in ("digits", "Coarse", "Fine", "Test vs baseline", "Narrowing"):
-        assert part in summary
+    for part in ("digits", "Coarse", "Fine", "- **Test** (95% intervals from 1000 bootstrap resamples of the 360 test "
+                 "rows", "| **accuracy** (searched) | 0.", "- **Against the baseline:** accuracy better by +0.",
+                 "- **Against the reference:** the network is ", "Narrowing"):
+        assert part in summary, part
+    assert "Nothing learnable" not in summary and "Minority class" not in summary  # multiclass
     assert client.get_run(result.run_id).data.tags["mlflow.note.content"] == summary
 
 
@@ -177,15 +186,24 @@ def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult
 
 
 def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
+    """Also searched on average precision with balanced class weights: a metric Keras lacks, watched by early
+    stopping in every stage, reported first, with the minority class and the ROC/PR curves."""
     result = pipeline.run(compose(*TINY, "dataset.generator=moons", "search/fine=hyperband",
-                                         "search.fine.max_epochs=3", "search.fine.factor=3", f"tracking.uri={store_uri}"))
+                                  "search.fine.max_epochs=3", "search.fine.factor=3", f"tracking.uri={store_uri}",
+                                  "search.coarse.scoring=average_precision", "model.class_weight=balanced"))
     assert result.data.task == "binary"
-    assert set(result.final.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
+    assert list(result.final.test_metrics)[0] == "average_precision"
+    assert set(result.final.test_metrics) == {"accuracy", "log_loss", "balanced_accuracy", "f1", "roc_auc",
+                                              "average_precision"}
     assert len(result.fine.trials) >= 3 and all(t.ok for t in result.fine.trials)
     assert all(set(t.tuned) == set(result.fine_space.tuned) for t in result.fine.trials)
+    assert all("val_average_precision" in t.curves for t in (*result.coarse.trials, *result.fine.all_trials))
     assert result.final.test_metrics["roc_auc"] > 0.5
+    summary = result.summary()
+    assert "| **average_precision** (searched) |" in summary and "- **Minority class:** " in summary
     store = Store(store_uri, MlflowClient(store_uri), result.experiment_id)
     assert {r.info.status for r in store.runs()} == {"FINISHED"}
+    assert "plots/roc_pr_test.png" in {a.path for a in store.client.list_artifacts(result.run_id, "plots")}
 
 
 def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> None:
@@ -205,3 +223,9 @@ def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> Non
     trials = store.runs(f"tags.`{RUN_TAG}` = 'trial'")
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FAILED"}
     assert all("searchlab.error" in r.data.tags for r in trials)
+
+
+def test_class_weights_on_a_regression_task_stop_before_any_run(store_uri: str) -> None:
+    config = compose(*TINY, "dataset.generator=regression", "model.class_weight=balanced", f"tracking.uri={store_uri}")
+    with pytest.raises(ConfigError, match="model.class_weight must be none for a regression task, got 'balanced'"):
+        pipeline.run(config)

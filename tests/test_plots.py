@@ -134,6 +134,14 @@ def test_confusion_matrix_rejects_unknown_labels(tmp_path: Path) -> None:
         plots.confusion_matrix(["cat"], ["bird"], ["cat", "dog"], tmp_path / "bad.png")
 
 
+def test_ranking_curves(tmp_path: Path) -> None:
+    """ROC and precision-recall curves of a binary classifier with 15% positives; one class only draws a note."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.15).astype(int)
+    _check_png(plots.ranking_curves(y, np.clip(0.3 * y + rng.random(400) * 0.7, 0, 1), "fraud", tmp_path / "r.png"))
+    _check_png(plots.ranking_curves(np.zeros(20, dtype=int), rng.random(20), "fraud", tmp_path / "one.png"))
+
+
 def test_regression_diagnostics(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y_true = rng.normal(3.0, 1.0, 200)

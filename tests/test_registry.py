@@ -11,22 +11,39 @@ import numpy as np
 import pytest
 
 from searchlab import registry
+from searchlab.records import TEST_ROWS_TAG
+from searchlab.registry import RecordedScore
 from searchlab.tracking import Tracker
 from tests.conftest import empty_store_uri
 
+ROWS = "digits seed=0 test_size=0.2 rows=360 sha256=0123456789abcdef"
+OTHER_ROWS = "digits seed=1 test_size=0.2 rows=360 sha256=fedcba9876543210"
 
-@pytest.mark.parametrize(("new", "champion", "higher_is_better", "promote"), [
-    (0.9, None, True, True),  # nothing to beat
-    (None, None, True, True),
-    (0.91, 0.90, True, True),
-    (0.90, 0.90, True, False),  # a tie keeps the champion
-    (0.89, 0.90, True, False),
-    (0.20, 0.25, False, True),  # lower is better (log loss, RMSE)
-    (0.30, 0.25, False, False),
-    (None, 0.90, True, False),  # no score never displaces a scored champion
+
+def _score(value: float | None, low: float | None = None, high: float | None = None,
+           rows: str | None = ROWS) -> RecordedScore:
+    return RecordedScore(value, low, high, rows)
+
+
+@pytest.mark.parametrize(("new", "champion", "higher_is_better", "margin", "promote", "why"), [
+    (_score(0.9, 0.88, 0.92), None, True, 0.0, True, "there was none"),
+    (_score(None), _score(None), True, 0.0, True, "the champion has no test score"),
+    (_score(None), _score(0.9), True, 0.0, False, "the new version has no test score"),
+    (_score(0.95, 0.93, 0.97), _score(0.90), True, 0.0, True, "lies outside"),
+    (_score(0.91, 0.88, 0.94), _score(0.90), True, 0.0, False, "not clearly better"),  # better, within the interval
+    (_score(0.89, 0.86, 0.92), _score(0.90), True, 0.0, False, "not clearly better"),
+    (_score(0.20, 0.17, 0.23), _score(0.25), False, 0.0, True, "lies outside"),  # lower is better (log loss)
+    (_score(0.24, 0.21, 0.27), _score(0.25), False, 0.0, False, "not clearly better"),
+    (_score(0.93), _score(0.90), True, 0.02, True, "more than the margin 0.02"),  # a stated margin instead
+    (_score(0.91, 0.80, 0.99), _score(0.90), True, 0.02, False, "not better by more than the margin 0.02"),
+    (_score(0.99, 0.98, 1.0, OTHER_ROWS), _score(0.5), True, 0.0, False, "different test rows"),
+    (_score(0.99, 0.98, 1.0), _score(0.5, rows=None), True, 0.0, False, "test rows are not recorded"),
+    (_score(0.99), _score(0.5), True, 0.0, False, "no interval"),
 ])
-def test_promotion_rule(new: float | None, champion: float | None, higher_is_better: bool, promote: bool) -> None:
-    assert registry.should_promote(new, champion, higher_is_better) is promote
+def test_promotion_rule(new: RecordedScore, champion: RecordedScore | None, higher_is_better: bool, margin: float,
+                        promote: bool, why: str) -> None:
+    decided, reason = registry.should_promote(new, champion, higher_is_better, margin)
+    assert decided is promote and why in reason
 
 
 def _tiny_model() -> keras.Model:
@@ -75,21 +92,30 @@ def test_logging_a_model_leaves_no_global_mlflow_state(tmp_path: Path) -> None:
     assert mlflow.active_run() is None
 
 
-def test_the_champion_moves_only_on_a_better_score(logged: tuple[Tracker, keras.Model, str, str]) -> None:
+def test_the_champion_moves_only_on_a_clearly_better_score_on_the_same_rows(
+        logged: tuple[Tracker, keras.Model, str, str]) -> None:
     tracker, _, _, uri = logged
-    scores = {}
-    for name, accuracy in (("first", 0.80), ("worse", 0.75), ("better", 0.90)):
+    runs = {}
+    for name, (accuracy, low, high, rows) in {"first": (0.80, 0.76, 0.84, ROWS), "close": (0.82, 0.78, 0.86, ROWS),
+                                               "other split": (0.95, 0.93, 0.97, OTHER_ROWS),
+                                               "better": (0.90, 0.87, 0.93, ROWS)}.items():
         run_id = tracker.start_run(name, {})
-        tracker.log(run_id, metrics={"test_accuracy": accuracy})
-        scores[name] = run_id
-    said = [registry.register(tracker, uri, "tiny", scores[name], "test_accuracy", True)
-            for name in ("first", "worse", "better")]
-    assert said[0] == "registered tiny version 1; it is now the champion"
-    assert said[1] == ("registered tiny version 2 (test_accuracy 0.75); the champion stays version 1 "
-                       "(test_accuracy 0.8)")
-    assert said[2] == "registered tiny version 3; it is now the champion (was version 1, test_accuracy 0.8)"
+        tracker.log(run_id, metrics={"test_accuracy": accuracy, "test_accuracy_low": low, "test_accuracy_high": high},
+                    tags={TEST_ROWS_TAG: rows})
+        runs[name] = run_id
+    said = [registry.register(tracker, uri, "tiny", runs[name], "test_accuracy", True)
+            for name in ("first", "close", "other split", "better")]
+    assert said[0] == "registered tiny version 1; it is now the champion: there was none."
+    assert said[1] == ("registered tiny version 2 (test_accuracy 0.82); the champion stays version 1 "
+                       "(test_accuracy 0.8): the champion's 0.8 lies within or beyond the new 95% interval "
+                       "[0.78, 0.86]: not clearly better.")
+    assert said[2] == ("registered tiny version 3 (test_accuracy 0.95); the champion stays version 1 "
+                       f"(test_accuracy 0.8): they were scored on different test rows ({OTHER_ROWS} against "
+                       f"{ROWS}), so the scores cannot be compared.")
+    assert said[3] == ("registered tiny version 4; it is now the champion (was version 1, test_accuracy 0.8): "
+                       "the champion's 0.8 lies outside the new 95% interval [0.87, 0.93].")
     champion = tracker.client.get_model_version_by_alias("tiny", registry.CHAMPION)
-    assert str(champion.version) == "3" and champion.run_id == scores["better"]
+    assert str(champion.version) == "4" and champion.run_id == runs["better"]
 
 
 def test_keras_input_example_trap_still_there(tmp_path: Path) -> None:
