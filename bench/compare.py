@@ -14,12 +14,16 @@ and about the same planned number of training epochs, B, taken from searchlab's 
   random-search          RandomizedSearchCV over the coarse space, n_iter * cv * epochs ~ B
   kerastuner-hyperband   KerasTuner Hyperband over the coarse space on a validation split
   halving-random-search  HalvingRandomSearchCV with epochs as the resource
+  optuna-tpe             Optuna's TPE sampler with a median pruner, until its epochs reach B
+  gbdt-reference         gradient-boosted trees with scikit-learn's defaults: no search, the summary's reference
 
-The non-searchlab methods refit their best candidate on all training rows with
+The non-searchlab searches refit their best candidate on all training rows with
 `searchlab.final.refit_and_test`, for the epoch count where its validation loss was lowest.
 Results: a markdown table, a JSON file and a best-so-far plot per data set under bench/results/,
 one MLflow parent run per data set (experiment `bench`) with a child run per method, and the
-quality targets at the end. How epochs are counted: bench/README.md.
+quality targets at the end. Every test score has a 95% bootstrap interval over the test rows, all methods
+on the same resamples, and each method's paired difference against searchlab on the searched metric
+(`searchlab.uncertainty`). How epochs are counted: bench/README.md.
 
 Beside it: compare_budget.py (the plan), compare_methods.py (the five methods); this file reports.
 """
@@ -55,6 +59,7 @@ from searchlab.errors import SearchInterrupted, SearchlabError
 from searchlab.metrics import scoring_for
 from searchlab.records import ERROR_TAG
 from searchlab.tracking import Tracker
+from searchlab.uncertainty import LEVEL, bootstrap, compare, estimate
 
 DATA_ENV = "SEARCHLAB_BENCH_DATA"  # the shared data folder, when --data-dir is not given
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,21 +80,78 @@ def score_columns(bench: Bench) -> tuple[str, str]:
     return ("accuracy", "log_loss") if bench.data.is_classification else ("rmse", "mse")
 
 
+def anchor(results: Sequence[MethodResult]) -> str | None:
+    """The method every other is compared with, pairwise: the first searchlab method that has a test prediction."""
+    return next((r.method for r in results
+                 if r.method.startswith("searchlab") and r.test_prediction is not None and not r.error), None)
+
+
+def held_out(bench: Bench, results: Sequence[MethodResult]) -> list[MethodResult]:
+    """`results` with every test score's 95% bootstrap interval (the same resamples of the same test rows for all
+    methods, `final.resamples` of them, seeded by the bench's seed) and each method's paired difference on the
+    searched metric against `anchor`. Methods without a prediction (failed) are returned as they are."""
+    predictions = {r.method: r.test_prediction for r in results if r.test_prediction is not None and not r.error}
+    if not predictions:
+        return list(results)
+    data, metric, first = bench.data, bench.scoring.display_name, anchor(results)
+    resampled = bootstrap(data.task, data.y_test, predictions, n_resamples=bench.config.final.resamples,
+                          seed=bench.seed)
+    points = {r.method: r.test for r in results}
+    scored = []
+    for r in results:
+        if r.method not in predictions:
+            scored.append(r)
+            continue
+        intervals = {}
+        for name, value in r.test.items():
+            if f"{r.method}/{name}" in resampled:
+                e = estimate(value, resampled[f"{r.method}/{name}"])
+                intervals[name] = (e.low, e.high)
+        if "rmse" in intervals:  # MSE = RMSE squared, monotone: the interval's ends square too
+            intervals["mse"] = (intervals["rmse"][0] ** 2, intervals["rmse"][1] ** 2)
+        versus = None
+        if first is not None and r.method != first:
+            versus = compare(bench.scoring, resampled[f"{r.method}/{metric}"], resampled[f"{first}/{metric}"],
+                             points[r.method][metric], points[first][metric])
+        scored.append(replace(r, test_interval=intervals, versus_searchlab=versus))
+    return scored
+
+
+def _score(r: MethodResult, name: str) -> str:
+    """A test score with its interval: 0.9885 [0.9838, 0.9928]."""
+    low_high = r.test_interval.get(name)
+    interval = f" [{low_high[0]:.4g}, {low_high[1]:.4g}]" if low_high else ""
+    return f"{r.test[name]:.4g}{interval}"
+
+
 def table(bench: Bench, results: Sequence[MethodResult]) -> str:
     """Markdown table of one data set."""
     metric, (first, second) = bench.scoring.display_name, score_columns(bench)
+    versus = anchor(results)
     lines = [f"### {bench.data.describe()}", "",
              f"Planned budget B = {bench.plan.budget} epochs (at most {bench.plan.epochs} per fit).", "",
-             f"| method | best val {metric} | test {first} | test {second} | wall time | trials | "
+             f"| method | best val {metric} (own rows) | test {first} | test {second} | "
+             f"test {metric} vs {versus or 'searchlab'} (paired, + = better) | wall time | trials | "
              "epochs trained (planned) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.error:
-            lines.append(f"| {r.method} | failed: {r.error[:120]} | | | {format_duration(r.wall_time)} | | |")
+            lines.append(f"| {r.method} | failed: {r.error[:120]} | | | | {format_duration(r.wall_time)} | | |")
             continue
-        lines.append(f"| {r.method} | {bench.scoring.to_metric(r.best_val_score):.4f} | {r.test[first]:.4f} | "
-                     f"{r.test[second]:.4f} | {format_duration(r.wall_time)} | {r.trials} | "
+        best_val = bench.scoring.to_metric(r.best_val_score)
+        paired = f"{r.versus_searchlab} {r.versus_searchlab.verdict}" if r.versus_searchlab else "-"
+        lines.append(f"| {r.method} | {f'{best_val:.4f}' if math.isfinite(best_val) else '-'} | {_score(r, first)} | "
+                     f"{_score(r, second)} | {paired} | {format_duration(r.wall_time)} | {r.trials} | "
                      f"{r.epochs_trained} ({r.planned_epochs}) |")
+    sign = "lower" if bench.scoring.negated else "higher"
+    lines += ["", f"Test columns: every method on the same {len(bench.data.y_test)} test rows, with the {LEVEL:.0%} "
+              f"bootstrap interval over {bench.config.final.resamples} resamples of those rows (seed {bench.seed}), "
+              f"the same resamples for every method. Paired: the method's test {metric} against "
+              f"{versus or 'a searchlab method'}'s, resample by resample, the difference signed so that + means the "
+              f"method is better ({sign} {metric}): 'ahead', 'behind', or 'level' when the interval holds 0. "
+              "'best val' is each method's own "
+              "selection score (CV folds, or a validation split): not measured on the same rows, so not comparable "
+              "across methods. One run per method."]
     return "\n".join(lines)
 
 
@@ -121,7 +183,9 @@ def report(bench: Bench, results: Sequence[MethodResult], out: Path, prefix: str
     stem.with_suffix(".md").write_text(text + "\n")
     document = {"dataset": bench.name, "data": bench.data.describe(), "seed": bench.seed,
                 "scoring": bench.scoring.name, "overrides": list(bench.overrides), "plan": asdict(bench.plan),
-                "methods": [asdict(r) for r in results]}
+                "test_rows": len(bench.data.y_test), "resamples": bench.config.final.resamples,
+                "paired_against": anchor(results),
+                "methods": [{k: v for k, v in asdict(r).items() if k != "test_prediction"} for r in results]}
     stem.with_suffix(".json").write_text(json.dumps(_finite(document), indent=1) + "\n")
     plot(bench, results, stem.with_suffix(".png"))
 
@@ -130,6 +194,12 @@ def report(bench: Bench, results: Sequence[MethodResult], out: Path, prefix: str
                    f"best_val_{bench.scoring.display_name}": bench.scoring.to_metric(r.best_val_score),
                    **{f"test_{k}": v for k, v in r.test.items()}, "wall_time_s": r.wall_time, "trials": r.trials,
                    "epochs_trained": r.epochs_trained, "planned_epochs": r.planned_epochs}
+        for k, (low, high) in r.test_interval.items():
+            metrics |= {f"test_{k}_low": low, f"test_{k}_high": high}
+        if r.versus_searchlab:
+            versus = f"test_{r.versus_searchlab.metric}_vs_searchlab"
+            metrics |= {versus: r.versus_searchlab.difference, f"{versus}_low": r.versus_searchlab.low,
+                        f"{versus}_high": r.versus_searchlab.high}
         tags = {"bench.run": "method", "bench.method": r.method}
         if r.search_run_id:
             tags["bench.search_run_id"] = r.search_run_id
@@ -202,13 +272,15 @@ def targets_report(all_results: dict[str, list[MethodResult]], quick: bool) -> s
         if not results:
             lines.append(f"- {target.describe()}: not measured (data set not run)")
             continue
-        cells = [f"{r.method} {r.test[target.metric]:.4f} in {format_duration(r.wall_time)}"
+        cells = [f"{r.method} {_score(r, target.metric)} in {format_duration(r.wall_time)}"
                  f" ({'met' if target.met(r) else 'not met'})" for r in results]
         searchlab_met = [r.method for r in results if r.method.startswith("searchlab") and target.met(r)]
         verdict = f"MET by {', '.join(searchlab_met)}" if searchlab_met else "NOT MET by searchlab"
         lines.append(f"- {target.describe()}: {verdict}; " + "; ".join(cells))
-    lines += ["", "searchlab reaches plain RandomizedSearchCV's best validation score in at most half its wall time "
-              "(from the best-so-far traces; CV and hold-out validation scores compared as they are):"]
+    lines += ["", "(Test scores with their 95% bootstrap intervals; a target is met on the value itself.)", "",
+              "searchlab reaches plain RandomizedSearchCV's best validation score in at most half its wall time "
+              "(from the best-so-far traces; CV and hold-out validation scores compared as they are, not the same "
+              "rows: a speed check, not a quality comparison):"]
     if not all_results:
         lines.append("- not measured (no data set run)")
     for name, results in all_results.items():
@@ -333,10 +405,11 @@ def bench_dataset(name: str, overrides: tuple[str, ...], methods: Sequence[str],
                 print(f"[{name}] {method}: planned {plan.planned(method)} epochs ...", flush=True)
                 results.append(run_method(bench, method))
                 print(f"[{name}] {method}: " + _one_line(bench, results[-1]), flush=True)
+            results = held_out(bench, results)
             text = report(bench, results, out, prefix, tracker, parent)
     except (KeyboardInterrupt, SearchInterrupted):
         if results:  # keep the methods that finished: a partial table, files and MLflow runs
-            report(bench, results, out, prefix, tracker, parent)
+            report(bench, held_out(bench, results), out, prefix, tracker, parent)
             print(f"[{name}] interrupted: the table in {out} holds the {len(results)} finished methods", flush=True)
         tracker.end_all("KILLED")
         raise
@@ -351,8 +424,9 @@ def _one_line(bench: Bench, r: MethodResult) -> str:
     if r.error:
         return f"FAILED after {format_duration(r.wall_time)}: {r.error}"
     first, _ = score_columns(bench)
-    return (f"done in {format_duration(r.wall_time)}: val {bench.scoring.display_name} "
-            f"{bench.scoring.to_metric(r.best_val_score):.4f}, test {first} {r.test[first]:.4f}, {r.trials} trials, "
+    best_val = bench.scoring.to_metric(r.best_val_score)
+    val = f"val {bench.scoring.display_name} {best_val:.4f}, " if math.isfinite(best_val) else ""
+    return (f"done in {format_duration(r.wall_time)}: {val}test {first} {r.test[first]:.4f}, {r.trials} trials, "
             f"{r.epochs_trained} epochs")
 
 

@@ -33,7 +33,7 @@ class Plan:
     def planned(self, method: str) -> int:
         return {"searchlab-grid": self.budget, "searchlab-hyperband": self.hyperband, "random-search": self.random,
                 "kerastuner-hyperband": self.kerastuner, "halving-random-search": self.halving,
-                "optuna-tpe": self.budget}[method]
+                "optuna-tpe": self.budget, "gbdt-reference": 0}[method]
 
 
 def hyperband_epochs(max_epochs: int, factor: int) -> int:

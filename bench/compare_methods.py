@@ -1,8 +1,11 @@
-"""The six benchmarked methods on one data set: each returns a `MethodResult`.
+"""The benchmarked methods on one data set: each returns a `MethodResult`.
 
 Every method sees the same `Bench` (configuration, data and test split, budget plan). The four
-non-searchlab methods refit their best candidate on all training rows with
+non-searchlab searches refit their best candidate on all training rows with
 `searchlab.final.refit_and_test`, for the epoch count where its validation loss was lowest.
+`gbdt-reference` searches nothing: it is the reference searchlab's summary reports (gradient-boosted
+trees with scikit-learn's defaults). Every method keeps its prediction on the test rows, so that
+compare.py can score all of them on the same bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ from searchlab.config import Config, compose
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.errors import SearchInterrupted
-from searchlab.final import best_epoch_count, refit_and_test
+from searchlab.final import best_epoch_count, reference_prediction, refit_and_test
 from searchlab.fine import ScaledSplit, scaled_splits
 from searchlab.infra.processes import worker_thread_env
-from searchlab.metrics import Scoring, scorer
+from searchlab.metrics import Scoring, evaluate_predictions, scorer
 from searchlab.model import (
     build_model,
     diverged,
@@ -52,9 +55,10 @@ from searchlab.model import (
     training_callbacks,
 )
 from searchlab.space import Param
+from searchlab.uncertainty import Comparison
 
 METHODS = ("searchlab-grid", "searchlab-hyperband", "random-search", "kerastuner-hyperband", "halving-random-search",
-           "optuna-tpe")
+           "optuna-tpe", "gbdt-reference")
 SEARCHLAB_EXPERIMENT = "bench-searchlab"  # the searchlab methods' own run trees
 Trace = list[tuple[float, float]]  # (seconds since the method started, validation score) per finished trial
 
@@ -104,6 +108,12 @@ class MethodResult:
     best_params: dict[str, Any] = field(default_factory=dict)
     search_run_id: str | None = None
     error: str | None = None
+    # filled by compare.held_out: metric -> 95% bootstrap interval on the test rows, and the paired difference on
+    # the searched metric against the first searchlab method (same resamples; positive: this method is better)
+    test_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+    versus_searchlab: Comparison | None = None
+    # class probabilities or values on the test rows, for the bootstrap; not written to the JSON file
+    test_prediction: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def run_method(bench: Bench, method: str) -> MethodResult:
@@ -115,6 +125,7 @@ def run_method(bench: Bench, method: str) -> MethodResult:
         "kerastuner-hyperband": run_keras_tuner,
         "halving-random-search": run_halving,
         "optuna-tpe": run_optuna,
+        "gbdt-reference": run_reference,
     }
     started = time.time()
     try:
@@ -156,7 +167,7 @@ def run_searchlab(bench: Bench, kind: str, started: float) -> MethodResult:
     return MethodResult(f"searchlab-{kind}", settings, bench.plan.planned(f"searchlab-{kind}"), fine.best.score,
                         _test_metrics(result.final.test_metrics), trials=len(coarse.trials) + len(fine_trials),
                         epochs_trained=epochs, trace=trace, best_params=dict(result.final.params),
-                        search_run_id=result.run_id)
+                        search_run_id=result.run_id, test_prediction=result.final.test_prediction)
 
 
 # -- scikit-learn searches ----------------------------------------------------------------------
@@ -251,11 +262,11 @@ def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecord
     # and at the learning rates of the fold whose best epoch is nearest that count
     typical = best[int(np.argmin([abs(e - epochs) for e in best_epochs]))]
     params = {key.rsplit("__", 1)[-1]: _plain(value) for key, value in search.best_params_.items()}
-    test, refit_epochs = _refit(bench, params, epochs, replay_learning_rate(typical))
+    test, refit_epochs, prediction = _refit(bench, params, epochs, replay_learning_rate(typical))
     return MethodResult(method, settings, bench.plan.planned(method), float(search.best_score_), test,
                         trials=len(results["params"]),
                         epochs_trained=sum(f["epochs"] for folds in by_key.values() for f in folds) + refit_epochs,
-                        trace=trace, best_params=params)
+                        trace=trace, best_params=params, test_prediction=prediction)
 
 
 def _distributions(bench: Bench, skip: Sequence[str]) -> dict[str, Any]:
@@ -348,12 +359,12 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     epochs = first + best_epoch_count({"v": [v for _, v in curve]}, bench.plan.epochs, "v", scoring.direction)
     params = {k: v for k, v in hypermodel.values(best.hyperparameters.copy()).items() if k != "epochs"}
     rates = {"learning_rate": tuner.learning_rate.get(best.trial_id, [])}
-    test, refit_epochs = _refit(bench, params, epochs, replay_learning_rate(rates, first))
+    test, refit_epochs, prediction = _refit(bench, params, epochs, replay_learning_rate(rates, first))
     settings = {"max_epochs": bench.plan.epochs, "factor": fine.factor,
                 "hyperband_iterations": bench.plan.kt_iterations, "validation_fraction": fine.validation_fraction}
     return MethodResult("kerastuner-hyperband", settings, bench.plan.kerastuner, scoring.to_score(best.score), test,
                         trials=len(trials), epochs_trained=sum(map(len, tuner.val_curve.values())) + refit_epochs,
-                        trace=trace, best_params=params)
+                        trace=trace, best_params=params, test_prediction=prediction)
 
 
 # -- Optuna -------------------------------------------------------------------------------------
@@ -434,21 +445,35 @@ def run_optuna(bench: Bench, started: float) -> MethodResult:
     curve = curves[best.number]
     epochs = best_epoch_count(curve, bench.plan.epochs, scoring.val_key, scoring.direction)
     params = {**bench.defaults, **best.params}
-    test, refit_epochs = _refit(bench, params, epochs, replay_learning_rate(curve))
+    test, refit_epochs, prediction = _refit(bench, params, epochs, replay_learning_rate(curve))
     settings = {"sampler": "TPESampler", "pruner": "MedianPruner(n_startup_trials=5, n_warmup_steps=5)",
                 "validation_fraction": fine.validation_fraction, "pruned": len(study.trials) - len(complete)}
     best_value = float(best.value if best.value is not None else math.nan)
     return MethodResult("optuna-tpe", settings, bench.plan.budget, best_value, test, trials=len(study.trials),
                         epochs_trained=sum(len(c.get("loss", [])) for c in curves.values()) + refit_epochs,
-                        trace=trace, best_params={k: _plain(v) for k, v in best.params.items()})
+                        trace=trace, best_params={k: _plain(v) for k, v in best.params.items()},
+                        test_prediction=prediction)
+
+
+# -- the reference --------------------------------------------------------------------------------
+
+def run_reference(bench: Bench, started: float) -> MethodResult:
+    """Gradient-boosted trees with scikit-learn's defaults on the same training rows, as searchlab's summary
+    reports them (`searchlab.final.reference_prediction`): no search, no validation score."""
+    data = bench.data
+    prediction = reference_prediction(data, bench.seed)
+    test = _test_metrics(evaluate_predictions(data.task, data.y_test, prediction))
+    return MethodResult("gbdt-reference", {"model": "HistGradientBoosting (defaults)"}, 0, test=test, trials=1,
+                        test_prediction=prediction)
 
 
 def _refit(bench: Bench, params: dict[str, Any], epochs: int, learning_rates: keras.callbacks.Callback | None,
-           ) -> tuple[dict[str, float], int]:
-    """Test metrics of `params` refit on all training rows (at `learning_rates`), and the epochs that refit
-    trained."""
-    final = refit_and_test(bench.ctx, {**bench.defaults, **params}, epochs, learning_rates=learning_rates)
-    return _test_metrics(final.test_metrics), len(final.history.get("loss", []))
+           ) -> tuple[dict[str, float], int, np.ndarray]:
+    """Test metrics of `params` refit on all training rows (at `learning_rates`), the epochs that refit trained,
+    and its prediction on the test rows. The reference is left to the `gbdt-reference` method (fitted once)."""
+    final = refit_and_test(bench.ctx, {**bench.defaults, **params}, epochs, learning_rates=learning_rates,
+                           settings=replace(bench.config.final, reference=False))
+    return _test_metrics(final.test_metrics), len(final.history.get("loss", [])), final.test_prediction
 
 
 def _test_metrics(metrics: dict[str, float]) -> dict[str, float]:

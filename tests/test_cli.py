@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from searchlab.config import compose
 from searchlab.data import check_cv_feasible, load_dataset
 from searchlab.errors import SearchlabError
-from tests.conftest import TINY, empty_store_uri, new_store
+from tests.conftest import TINY, new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"
@@ -54,9 +54,9 @@ def run_cli(*overrides: str, timeout: float = 180, env: dict[str, str] | None = 
 
 
 def store(tmp_path: Path) -> tuple[Path, str]:
-    """A new, empty store in tmp_path: its file, and the override that points a search at it."""
-    uri = empty_store_uri(tmp_path / "mlruns")
-    return Path(uri.removeprefix("sqlite:///")), f"tracking.uri={uri}"
+    """Where a store in tmp_path would be (not created), and the override that points the CLI at it."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    return db, f"tracking.uri=sqlite:///{db}"
 
 
 def runs_in_store(db: Path) -> list[str]:
