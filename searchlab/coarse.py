@@ -33,12 +33,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import ClassifierTags, RegressorTags
 
+from searchlab.builders import Builder
 from searchlab.config import CoarseConfig, DaskConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring
-from searchlab.model import build_model, diverged, fit_model, mean_curves, training_callbacks
+from searchlab.model import diverged, fit_model, mean_curves, training_callbacks
 from searchlab.scaling import FeatureScaler
 from searchlab.space import BUILD_PARAMS, SCALING_PARAMS, Param, Space
 
@@ -193,8 +194,9 @@ def make_estimator(ctx: SearchContext, values: Mapping[str, Any] | None = None) 
         model=_scikeras_model,
         model__task=ctx.data.task,
         model__candidate=-1,
+        model__builder=ctx.builder,
         model__steps_per_execution=ctx.model.steps_per_execution,
-        **{f"model__{name}": hyperparameters[name] for name in BUILD_PARAMS},
+        **{f"model__{name}": hyperparameters[name] for name in BUILD_PARAMS if name in hyperparameters},
         batch_size=hyperparameters["batch_size"],
         epochs=hyperparameters["epochs"],
         callbacks=training_callbacks(ctx.model, ctx.scoring.val_key, ctx.scoring.direction),
@@ -399,9 +401,9 @@ class _HistoryScorer:
 
 
 def _scikeras_model(meta: dict[str, Any], compile_kwargs: dict[str, Any], params: dict[str, Any],
-                    candidate: int, **hyperparameters: Any) -> Any:
+                    candidate: int, builder: Builder, **hyperparameters: Any) -> Any:
     n_classes = meta.get("n_classes_") or 0
-    return build_model(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
+    return builder.build(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
 
 
 def _pipeline_prefix(data: Dataset) -> str:

@@ -10,6 +10,7 @@ the CLI sees a `DictConfig`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -60,6 +61,11 @@ class FineKind(StrEnum):
 class Backend(StrEnum):
     local = "local"
     dask = "dask"
+
+
+class ModelKind(StrEnum):
+    mlp = "mlp"  # searchlab's own network (searchlab.model.build_model)
+    custom = "custom"  # the user's function, named by `model.builder`
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,12 @@ DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
 class ModelConfig:
     """Default hyperparameters (used where a stage does not search them) and training settings.
 
-    The hyperparameters (`HYPERPARAMETERS`) are checked by `searchlab.space.check_value`.
+    The hyperparameters (`HYPERPARAMETERS`) are checked by `searchlab.space.check_value`. With `name: custom`,
+    `builder` names the user's model-building function as `module:function` (see `searchlab.builders`).
     """
 
+    name: ModelKind = ModelKind.mlp
+    builder: str | None = None
     units: int = 64
     layers: int = 2
     dropout: float = 0.0
@@ -334,6 +343,20 @@ def config_from_yaml(text: str) -> Config:
     return config
 
 
+def shipped_space_entries() -> dict[str, list[Any]]:
+    """Every range searchlab's own files declare for each hyperparameter (`search/coarse/*.yaml` and the
+    experiment presets), as plain values comparable with `search.coarse.space` entries."""
+    found: dict[str, list[Any]] = {}
+    files = [*(CONF_DIR / "search" / "coarse").glob("*.yaml"), *(CONF_DIR / "experiment").glob("*.yaml")]
+    for path in sorted(files):
+        loaded = OmegaConf.load(path)
+        key = "space" if path.parent.name == "coarse" else "search.coarse.space"
+        space = OmegaConf.select(loaded, key)
+        for name, entry in (OmegaConf.to_container(space) if space is not None else {}).items():  # type: ignore[union-attr]
+            found.setdefault(str(name), []).append(entry)
+    return found
+
+
 # --- validation -----------------------------------------------------------------------------------
 
 
@@ -367,6 +390,7 @@ def _reject_added_keys(obj: Any, prefix: str = "") -> None:
 def _check_rules(config: Config) -> None:
     """The rules a single field's range cannot express."""
     _check_dataset(config.dataset)
+    _check_builder(config.model)
     for name, value in config.model.hyperparameters().items():
         problem = check_value(name, value)
         if problem:
@@ -385,6 +409,19 @@ def _check_rules(config: Config) -> None:
     host, _, port = search.fine.oracle.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         _fail("search.fine.oracle", search.fine.oracle, "host:port with a port from 1 to 65535")
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _check_builder(model: ModelConfig) -> None:
+    """`model.builder` is set with model=custom only, and reads `module:function` (importing it is
+    `searchlab.builders.load_builder`'s job, when the search starts)."""
+    if model.name is ModelKind.mlp and model.builder is not None:
+        _fail("model.builder", model.builder, "null with model=mlp; choose model=custom to use your own builder")
+    if model.name is ModelKind.custom and not (model.builder and _IMPORT_PATH.fullmatch(model.builder)):
+        _fail("model.builder", model.builder, "the import path of your model-building function, module:function "
+              "(e.g. model.builder=examples.residual_mlp:build_residual_mlp), with model=custom")
 
 
 def _check_dataset(d: DatasetConfig) -> None:
