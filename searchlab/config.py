@@ -37,6 +37,7 @@ class DatasetName(StrEnum):
     synthetic = "synthetic"
     mnist = "mnist"
     imdb = "imdb"
+    arrays = "arrays"  # X and y given to `searchlab.search` in Python
 
 
 class Task(StrEnum):
@@ -144,6 +145,13 @@ class ImdbConfig(DatasetConfig):
     max_rows: int | None = _bounded(None, Interval(20))
 
 
+@dataclass
+class ArraysConfig(DatasetConfig):
+    """The X and y a Python caller hands to `searchlab.search`: nothing to load, only the task and the split."""
+
+    name: DatasetName = DatasetName.arrays
+
+
 #: The schema of each data set; registered in Hydra's ConfigStore as `dataset/<name>_schema`.
 DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
     DatasetName.digits: DigitsConfig,
@@ -151,6 +159,7 @@ DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
     DatasetName.synthetic: SyntheticConfig,
     DatasetName.mnist: MnistConfig,
     DatasetName.imdb: ImdbConfig,
+    DatasetName.arrays: ArraysConfig,
 }
 
 

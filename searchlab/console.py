@@ -72,10 +72,17 @@ def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int 
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page: on the tracking server itself, or in the MLflow UI `make ui` serves for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{redact(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_url(experiment_id, run_id)
+
+
 def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """How to open a run: on the tracking server itself, or with `make ui` for a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {redact(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"open {run_link(tracking_uri, experiment_id, run_id)}"
     return (f"run `make ui` (outside the repository: `mlflow ui --backend-store-uri {tracking_uri}`), then open "
             f"{run_url(experiment_id, run_id)}")
 
