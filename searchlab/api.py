@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from searchlab.config import ArraysConfig, compose
-from searchlab.console import run_link
+from searchlab.console import quiet_libraries, run_link
 from searchlab.data import dataset_from_arrays, load_dataset
 from searchlab.errors import ConfigError, SearchInterrupted
 
@@ -70,15 +70,16 @@ def search(X: Any = None, y: Any = None, overrides: Sequence[str] = ()) -> Found
     config = compose(*overrides, *(["dataset=arrays"] if given else []))
     from searchlab import pipeline  # TensorFlow loads here, once the configuration is known good
 
-    if config.resume:
-        config = pipeline.resumed_config(config)
-    if given and not isinstance(config.dataset, ArraysConfig):
-        raise ConfigError(f"searchlab.search: search {config.resume} ran on dataset={config.dataset.name}; "
-                          "resume it without X and y.")
-    data = dataset_from_arrays(X, y, config.dataset, config.seed) if given else load_dataset(config.dataset,
-                                                                                              config.seed)
     try:
-        result = pipeline.run(config, data=data)
+        with quiet_libraries(config.verbose):
+            if config.resume:
+                config = pipeline.resumed_config(config)
+            if given and not isinstance(config.dataset, ArraysConfig):
+                raise ConfigError(f"searchlab.search: search {config.resume} ran on dataset={config.dataset.name}; "
+                                  "resume it without X and y.")
+            data = dataset_from_arrays(X, y, config.dataset, config.seed) if given \
+                else load_dataset(config.dataset, config.seed)
+            result = pipeline.run(config, data=data)
     except SearchInterrupted as exc:
         again = "X, y, " if given else ""
         raise KeyboardInterrupt(f"searchlab: search interrupted; its open MLflow runs were ended as KILLED. "

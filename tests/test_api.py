@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     the example residual builder on a DataFrame, runs to the end in the same process."""
     X, y = make_classification(200, 8, n_informative=4, random_state=0)
     frame, target = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)]), pd.Series(y, name="label")
-    argv, cwd = list(sys.argv), os.getcwd()
+    left_as_it_was = lambda: (list(sys.argv), os.getcwd(), list(sys.path), logging.getLogger("mlflow").level)  # noqa: E731
+    before = left_as_it_was()
     with pytest.raises(KeyboardInterrupt, match=r"ended as KILLED\. Resume it with searchlab.search\(X, y, "):
         searchlab.search(X, y, [*OVERRIDES, f"tracking.uri={store_uri}", "model=custom",
                                 "model.builder=tests.custom_builders:presses_ctrl_c"])
@@ -77,7 +79,7 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
 
     found = searchlab.search(frame, target, [*OVERRIDES, f"tracking.uri={store_uri}", "model=custom",
                                              "model.builder=examples.residual_mlp:build_residual_mlp"])
-    assert (sys.argv, os.getcwd()) == (argv, cwd)
+    assert left_as_it_was() == before
     assert set(found.best_params) == {"units", "layers", "dropout", "activation", "learning_rate", "optimizer",
                                       "batch_size", "epochs", "scaling"}  # l1, l2, noise: the builder takes none
     assert set(found.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
