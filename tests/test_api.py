@@ -21,8 +21,10 @@ from searchlab.errors import ConfigError, DataError
 from searchlab.records import LEFT_OUT_TAG, RUN_TAG
 from tests.conftest import TINY
 
-#: TINY without its data set (X and y are given) and with one hyperparameter tuned in the fine stage.
-OVERRIDES = [o for o in TINY if not o.startswith("dataset")] + ["search.fine.max_params=1"]
+#: TINY without its data set (X and y are given), shorter fits of at most two residual blocks, and one hyperparameter
+#: tuned in the fine stage.
+OVERRIDES = [o for o in TINY if not o.startswith("dataset")] + ["model.epochs=5", "search.coarse.space.layers.high=2",
+                                                                 "search.fine.max_params=1"]
 
 
 def test_tensorflow_loads_when_a_search_starts_not_at_import() -> None:
