@@ -3,9 +3,10 @@
     searchlab model=custom model.builder=examples.residual_mlp:build_residual_mlp   # from the repository's folder
     searchlab experiment=residual                                                   # the same, as a preset
 
-searchlab calls the function with the input width, the number of outputs and the task, plus the hyperparameters
-its signature names (here units, layers, dropout and activation: the rest of the declared search space is left
-out, with a note). It returns the network uncompiled: searchlab compiles it with the searched optimizer and
+searchlab calls the function with the input width, the number of outputs and the task, plus the searched
+hyperparameters its signature names: searchlab's own `units`, `dropout` and `activation`, and this network's
+`blocks`, whose range `experiment=residual` declares (`search.coarse.space.blocks`); unsearched, it keeps its
+default. The rest of searchlab's search space (`layers`, `l1`, `l2`, `noise`) is left out, with a note. It returns the network uncompiled: searchlab compiles it with the searched optimizer and
 learning rate and the task's loss. Features arrive scaled (`model.scaling`), and regression targets standardized.
 """
 
@@ -14,13 +15,13 @@ from __future__ import annotations
 import keras
 
 
-def build_residual_mlp(n_features: int, n_outputs: int, task: str, units: int = 64, layers: int = 2,
+def build_residual_mlp(n_features: int, n_outputs: int, task: str, units: int = 64, blocks: int = 2,
                        dropout: float = 0.0, activation: str = "relu") -> keras.Model:
-    """A projection to `units`, then `layers` residual blocks (normalize, dense, dropout, dense, add), then the
+    """A projection to `units`, then `blocks` residual blocks (normalize, dense, dropout, dense, add), then the
     task's output: a softmax per class, one sigmoid unit for binary, one linear unit for regression."""
     inputs = keras.Input(shape=(n_features,), name="features")
     x = keras.layers.Dense(units)(inputs)
-    for _ in range(layers):
+    for _ in range(blocks):
         h = keras.layers.LayerNormalization()(x)
         h = keras.layers.Dense(units, activation=activation)(h)
         h = keras.layers.Dropout(dropout)(h)

@@ -2,12 +2,13 @@
 
 With `model=custom model.builder=module:function`, every stage builds its networks by calling
 `function(n_features=..., n_outputs=..., task=..., **hyperparameters)`: `task` is binary, multiclass or
-regression, and the hyperparameters are those of `searchlab.space.BUILD_PARAMS` its signature takes (all of
-them with `**kwargs`). It returns a Keras model on the scaled features whose output is the built-in MLP's:
-`n_outputs` softmax probabilities (multiclass), one sigmoid unit (binary) or one linear unit (regression,
-trained on standardized targets). searchlab compiles it with the searched optimizer and learning rate and the
-task's loss; one that comes compiled keeps its optimizer and loss. Either way searchlab adds its metrics, which
-early stopping and the scores read.
+regression, and the hyperparameters are the searched ones its signature names (all of them with `**kwargs`):
+searchlab's (`searchlab.space.BUILD_PARAMS`) and its own, declared in `search.coarse.space` like searchlab's. A
+keyword the search does not set keeps the function's default. It returns a Keras model on the scaled features
+whose output is the built-in MLP's: `n_outputs` softmax probabilities (multiclass), one sigmoid unit (binary) or
+one linear unit (regression, trained on standardized targets). searchlab compiles it with the searched optimizer
+and learning rate and the task's loss; one that comes compiled keeps its optimizer and loss. Either way
+searchlab adds its metrics, which early stopping and the scores read.
 
 A `Builder` is a small picklable value: the coarse stage's worker processes, the fine stage's trial process and
 its distributed workers import the function by path, from the folders it records (the working directory).
@@ -30,7 +31,7 @@ from searchlab.config import ModelConfig, shipped_space_entries
 from searchlab.data import Dataset
 from searchlab.errors import ConfigError
 from searchlab.model import build_model, compile_for_task, make_optimizer, n_outputs
-from searchlab.space import BUILD_PARAMS, FIT_PARAMS, SCALING_PARAMS, Param
+from searchlab.space import BUILD_PARAMS, FIT_PARAMS, HYPERPARAMETERS, SCALING_PARAMS, Param
 
 #: What a custom builder is always called with, besides the hyperparameters.
 CONTEXT = ("n_features", "n_outputs", "task")
@@ -49,15 +50,16 @@ class Builder:
 
     path: str | None = None  # module:function
     search_path: tuple[str, ...] = ()  # folders the module is imported from, before the Python path
-    takes: tuple[str, ...] = BUILD_PARAMS  # the hyperparameters passed to the function
+    takes: tuple[str, ...] = BUILD_PARAMS  # the hyperparameter keywords its signature names
+    takes_any: bool = False  # it has **kwargs: every hyperparameter of the network is passed
     compiles: bool = True  # False: the function returns compiled models, with their own optimizer
 
-    @property
-    def searchable(self) -> frozenset[str]:
-        """The hyperparameters a search can vary with this builder: those the function takes, the training
-        loop's and the scaling's, and the optimizer's unless the models come compiled."""
-        own = _COMPILE_PARAMS if self.compiles else ()
-        return frozenset((*self.takes, *own, *FIT_PARAMS, *SCALING_PARAMS))
+    def can_search(self, name: str) -> bool:
+        """Whether a search can vary hyperparameter `name` with this builder: one the function takes, the
+        training loop's and the scaling's, and the optimizer's unless the models come compiled."""
+        if name in FIT_PARAMS or name in SCALING_PARAMS or (name in _COMPILE_PARAMS and self.compiles):
+            return True
+        return name in self.takes or self.takes_any
 
     def build(self, *, n_features: int, task: str, n_classes: int = 0, steps_per_execution: int = 1,
               target_scale: float = 1.0, **hyperparameters: Any) -> keras.Model:
@@ -87,7 +89,8 @@ class Builder:
         """
         assert self.path is not None
         function = _import(self.path, self.search_path)
-        values = {name: hyperparameters[name] for name in self.takes if name in hyperparameters}
+        values = dict(hyperparameters) if self.takes_any else \
+            {name: hyperparameters[name] for name in self.takes if name in hyperparameters}
         model = function(n_features=n_features, n_outputs=n_outputs(task, n_classes), task=task, **values)
         if not isinstance(model, keras.Model):
             raise TypeError(f"{self.path} returned {type(model).__name__}, not a Keras model (keras.Model); "
@@ -106,12 +109,13 @@ def load_builder(settings: ModelConfig, data: Dataset) -> Builder:
     if settings.builder is None:
         return Builder()
     path, search_path = settings.builder, (os.getcwd(),)
-    takes = _takes(path, _import(path, search_path))
-    builder = Builder(path, search_path, takes)
-    defaults = {name: value for name, value in settings.hyperparameters().items() if name in BUILD_PARAMS}
+    takes, takes_any = _takes(path, _import(path, search_path))
+    builder = Builder(path, search_path, takes, takes_any)
+    defaults = {name: value for name, value in settings.hyperparameters().items()
+                if name in BUILD_PARAMS and (takes_any or name in takes)}
     n_out = n_outputs(data.task, data.n_classes)
     called = (f"{path}(n_features={data.n_features}, n_outputs={n_out}, task={data.task!r}, "
-              + ", ".join(f"{name}={defaults[name]!r}" for name in takes) + ")")
+              + ", ".join(f"{name}={value!r}" for name, value in defaults.items()) + ")")
     try:
         model = builder.network(data.n_features, data.task, data.n_classes, defaults)
         output = model(np.zeros((2, data.n_features), dtype="float32"))
@@ -135,7 +139,7 @@ def searched_space(builder: Builder, space: Mapping[str, Param], entries: Mappin
     Raises:
         ConfigError: such an entry, or nothing left to search.
     """
-    left_out = [name for name in space if name not in builder.searchable]
+    left_out = [name for name in space if not builder.can_search(name)]
     if not left_out:
         return dict(space), ""
     shipped = shipped_space_entries()
@@ -148,7 +152,7 @@ def searched_space(builder: Builder, space: Mapping[str, Param], entries: Mappin
     kept = {name: param for name, param in space.items() if name not in left_out}
     if not kept:
         raise ConfigError(f"search.coarse.space: {builder.path} takes none of {', '.join(space)}; declare ranges for "
-                          f"the hyperparameters it takes ({', '.join(sorted(builder.searchable))}).")
+                          f"the hyperparameters it takes ({', '.join(builder.takes)}).")
     return kept, (f"{builder.path} takes {', '.join(builder.takes) or 'no hyperparameters'}"
                   f"{'' if builder.compiles else ' and comes compiled'}; not searched: {', '.join(left_out)}.")
 
@@ -185,12 +189,13 @@ def _import(path: str, search_path: tuple[str, ...]) -> Callable[..., Any]:
     return function
 
 
-def _takes(path: str, function: Callable[..., Any]) -> tuple[str, ...]:
-    """The hyperparameters `function` takes, after checking it can be called the way searchlab calls it."""
+def _takes(path: str, function: Callable[..., Any]) -> tuple[tuple[str, ...], bool]:
+    """The hyperparameter keywords `function` names (searchlab's first), and whether it takes any (`**kwargs`),
+    after checking it can be called the way searchlab calls it."""
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):  # a builtin or extension function without a signature: trust it
-        return BUILD_PARAMS
+        return BUILD_PARAMS, True
     any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     keywords = {name for name, p in parameters.items()
                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
@@ -202,7 +207,8 @@ def _takes(path: str, function: Callable[..., Any]) -> tuple[str, ...]:
     required = [name for name, p in parameters.items() if p.default is p.empty and name not in passed
                 and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
     if required:
-        raise ConfigError(f"model.builder: {path} requires {', '.join(required)}, which searchlab does not pass "
-                          f"(it passes {', '.join(CONTEXT)} and the hyperparameters {', '.join(BUILD_PARAMS)}); "
-                          "give them defaults.")
-    return BUILD_PARAMS if any_keyword else tuple(name for name in BUILD_PARAMS if name in keywords)
+        raise ConfigError(f"model.builder: {path} requires {', '.join(required)}, which searchlab may not pass "
+                          f"(it passes {', '.join(CONTEXT)} and the hyperparameters the search sets; the others keep "
+                          "the function's defaults): give them defaults.")
+    own = [name for name in keywords if name not in CONTEXT and name not in HYPERPARAMETERS]
+    return (*(name for name in BUILD_PARAMS if any_keyword or name in keywords), *own), any_keyword

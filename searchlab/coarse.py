@@ -39,9 +39,9 @@ from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring
-from searchlab.model import diverged, fit_model, mean_curves, training_callbacks
+from searchlab.model import diverged, fit_model, mean_curves, split_hyperparameters, training_callbacks
 from searchlab.scaling import FeatureScaler
-from searchlab.space import BUILD_PARAMS, SCALING_PARAMS, Param, Space
+from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def make_estimator(ctx: SearchContext, values: Mapping[str, Any] | None = None) 
         model__candidate=-1,
         model__builder=ctx.builder,
         model__steps_per_execution=ctx.model.steps_per_execution,
-        **{f"model__{name}": hyperparameters[name] for name in BUILD_PARAMS if name in hyperparameters},
+        **{f"model__{name}": value for name, value in split_hyperparameters(hyperparameters)[0].items()},
         batch_size=hyperparameters["batch_size"],
         epochs=hyperparameters["epochs"],
         callbacks=training_callbacks(ctx.model, ctx.scoring.val_key, ctx.scoring.direction),
@@ -214,7 +214,7 @@ def param_key(data: Dataset, name: str) -> str:
     """The scikit-learn parameter name of hyperparameter `name` in `make_estimator`'s estimator."""
     if name in SCALING_PARAMS:
         return _pipeline_prefix(data) + "scale__" + name
-    return _net_prefix(data) + (f"model__{name}" if name in BUILD_PARAMS else name)
+    return _net_prefix(data) + (name if name in FIT_PARAMS else f"model__{name}")
 
 
 def find_net(estimator: Any) -> Any:

@@ -283,7 +283,8 @@ class Config:
 
     def coarse_space(self) -> dict[str, Param]:
         """The coarse stage's search space as typed parameters."""
-        return {name: _to_param(name, spec) for name, spec in self.search.coarse.space.items()}
+        own = self.model.name is ModelKind.custom
+        return {name: _to_param(name, spec, own) for name, spec in self.search.coarse.space.items()}
 
 
 # --- building a Config ----------------------------------------------------------------------------
@@ -414,12 +415,13 @@ def _check_rules(config: Config) -> None:
     if not search.coarse.space:
         _fail("search.coarse.space", {}, "a mapping of at least one hyperparameter to its range")
     for name, spec in search.coarse.space.items():
-        _to_param(name, spec)
+        _to_param(name, spec, config.model.name is ModelKind.custom)
     host, _, port = search.fine.oracle.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         _fail("search.fine.oracle", search.fine.oracle, "host:port with a port from 1 to 65535")
 
 
+_BUILDER_CONTEXT = ("n_features", "n_outputs", "task")  # what a custom builder is called with besides hyperparameters
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
@@ -446,10 +448,14 @@ def _check_dataset(d: DatasetConfig) -> None:
             _fail("dataset.target", d.target, "a column name (or set dataset.target_path) when dataset=csv")
 
 
-def _to_param(name: str, entry: Any) -> Param:
+def _to_param(name: str, entry: Any, own_names: bool = False) -> Param:
+    """The `Param` of coarse-space entry `name`. With `own_names` (model=custom) a name outside `HYPERPARAMETERS` is
+    a keyword of the user's builder: its range is checked for shape only (the builder knows its limits)."""
     key = f"search.coarse.space.{name}"
-    if name not in HYPERPARAMETERS:
-        _fail(key, name, "named after a hyperparameter: " + ", ".join(HYPERPARAMETERS))
+    if name not in HYPERPARAMETERS and not (own_names and name.isidentifier() and name not in _BUILDER_CONTEXT):
+        also = "; or, with model=custom, a keyword of your builder" if not own_names else \
+            " or a keyword of your builder other than " + ", ".join(_BUILDER_CONTEXT)
+        _fail(key, name, "named after a hyperparameter: " + ", ".join(HYPERPARAMETERS) + also)
     if name == "epochs":  # early stopping picks each fit's epochs, the fine stages theirs (max_epochs, Hyperband)
         raise ConfigError(f"{key}: epochs is not searched: model.epochs caps every fit and early stopping "
                           "(model.patience) ends it; set those instead.")
@@ -457,11 +463,12 @@ def _to_param(name: str, entry: Any) -> Param:
     if not isinstance(entry, dict) or "type" not in entry or set(entry) - set(fields):
         _fail(key, entry, "a mapping with `type` and only the keys " + ", ".join(fields))
     spec = ParamSpec(**entry)
+    checked = name in HYPERPARAMETERS
     if spec.type == "choice":
         if not spec.values:
             _fail(f"{key}.values", spec.values, "a non-empty list of choices")
         assert spec.values is not None
-        for value in spec.values:
+        for value in spec.values if checked else ():
             problem = check_value(name, value)
             if problem:
                 raise ConfigError(f"{key}.values: {name} {problem}.")
@@ -475,7 +482,7 @@ def _to_param(name: str, entry: Any) -> Param:
         _fail(f"{key}.low", spec.low, f"<= {key}.high ({spec.high:g})")
     if spec.log and spec.low <= 0:
         _fail(f"{key}.low", spec.low, "> 0 on a log scale (log: true)")
-    for bound, value in (("low", spec.low), ("high", spec.high)):
+    for bound, value in (("low", spec.low), ("high", spec.high)) if checked else ():
         problem = check_value(name, value)
         if problem:
             raise ConfigError(f"{key}.{bound}: {name} {problem}.")

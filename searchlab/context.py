@@ -30,4 +30,4 @@ class SearchContext:
     @property
     def defaults(self) -> dict[str, Any]:
         """The default value (`model.*` in the configuration) of every hyperparameter the builder can use."""
-        return {name: value for name, value in self.model.hyperparameters().items() if name in self.builder.searchable}
+        return {name: value for name, value in self.model.hyperparameters().items() if self.builder.can_search(name)}

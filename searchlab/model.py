@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from searchlab.config import ModelConfig
 from searchlab.scaling import Scaler, feature_scaler
-from searchlab.space import BUILD_PARAMS, FIT_PARAMS
+from searchlab.space import FIT_PARAMS, SCALING_PARAMS
 
 # keras.optimizers class per optimizer name in searchlab.space.OPTIMIZERS
 _OPTIMIZERS = {
@@ -155,8 +155,9 @@ def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: i
 
 
 def split_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split hyperparameter values into `build_model` keywords and `fit` keywords."""
-    build = {k: v for k, v in values.items() if k in BUILD_PARAMS}
+    """Split hyperparameter values into the network's keywords (`build_model`'s, or a custom builder's) and `fit`
+    keywords; `scaling` is neither."""
+    build = {k: v for k, v in values.items() if k not in FIT_PARAMS and k not in SCALING_PARAMS}
     fit = {k: v for k, v in values.items() if k in FIT_PARAMS}
     return build, fit
 

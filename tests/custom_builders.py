@@ -55,11 +55,11 @@ def raises(n_features: int, n_outputs: int, task: str, units: int = 8) -> keras.
 _calls = 0
 
 
-def presses_ctrl_c(n_features: int, n_outputs: int, task: str, units: int = 8, layers: int = 1) -> keras.Model:
+def presses_ctrl_c(n_features: int, n_outputs: int, task: str, units: int = 8, blocks: int = 1) -> keras.Model:
     """The residual example; its second call in a process (after `load_builder`'s check: the first network a search
     trains) sends this process a real SIGINT, as Ctrl-C in a terminal or a notebook's interrupt does."""
     global _calls
     _calls += 1
     if _calls == 2:
         os.kill(os.getpid(), signal.SIGINT)
-    return build_residual_mlp(n_features, n_outputs, task, units=units, layers=layers)
+    return build_residual_mlp(n_features, n_outputs, task, units=units, blocks=blocks)

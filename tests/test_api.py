@@ -21,10 +21,10 @@ from searchlab.errors import ConfigError, DataError
 from searchlab.records import LEFT_OUT_TAG, RUN_TAG
 from tests.conftest import TINY
 
-#: TINY without its data set (X and y are given), shorter fits of at most two residual blocks, and one hyperparameter
-#: tuned in the fine stage.
-OVERRIDES = [o for o in TINY if not o.startswith("dataset")] + ["model.epochs=5", "search.coarse.space.layers.high=2",
-                                                                 "search.fine.max_params=1"]
+#: TINY without its data set (X and y are given), shorter fits, one or two residual blocks (the example builder's own
+#: hyperparameter) and one hyperparameter tuned in the fine stage.
+OVERRIDES = [o for o in TINY if not o.startswith("dataset")] + [
+    "model.epochs=5", "+search.coarse.space.blocks={type:int,low:1,high:2}", "search.fine.max_params=1"]
 
 
 def test_tensorflow_loads_when_a_search_starts_not_at_import() -> None:
@@ -82,8 +82,9 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     found = searchlab.search(frame, target, [*OVERRIDES, f"tracking.uri={store_uri}", "model=custom",
                                              "model.builder=examples.residual_mlp:build_residual_mlp"])
     assert left_as_it_was() == before
-    assert set(found.best_params) == {"units", "layers", "dropout", "activation", "learning_rate", "optimizer",
-                                      "batch_size", "epochs", "scaling"}  # l1, l2, noise: the builder takes none
+    assert set(found.best_params) == {"units", "blocks", "dropout", "activation", "learning_rate", "optimizer",
+                                      "batch_size", "epochs", "scaling"}  # layers, l1, l2, noise: it takes none
+    assert found.best_params["blocks"] in (1, 2)
     assert set(found.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
     assert found.url.endswith(f"/runs/{found.run_id}") and found.run_id in repr(found)
     assert "residual_mlp" in [layer.name for layer in found.model.layers]
@@ -93,7 +94,7 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     run = client.get_run(found.run_id)
     assert run.info.status == "FINISHED" and run.data.params["dataset.name"] == "arrays"
     assert run.data.params["model.builder"] == "examples.residual_mlp:build_residual_mlp"
-    assert run.data.tags[LEFT_OUT_TAG].endswith("not searched: l1, l2, noise.")
+    assert run.data.tags[LEFT_OUT_TAG].endswith("not searched: layers, l1, l2, noise.")
     trials = client.search_runs([experiment], f"tags.`{RUN_TAG}` = 'trial' and tags.`mlflow.parentRunId` != ''")
     fine = [t for t in trials if t.data.tags.get("searchlab.stage") == "fine" and t.info.status == "FINISHED"]
     assert fine  # trained in the fine stage's worker process, which imported the builder by its path

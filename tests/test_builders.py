@@ -16,7 +16,7 @@ from searchlab.config import compose
 from searchlab.data import Dataset
 from searchlab.errors import ConfigError
 from searchlab.final import refit_and_test
-from searchlab.space import BUILD_PARAMS
+from searchlab.space import BUILD_PARAMS, HYPERPARAMETERS, Param, parse_value
 from tests.conftest import TINY, stage_inputs
 
 RESIDUAL = "examples.residual_mlp:build_residual_mlp"
@@ -33,11 +33,12 @@ def _load(path: str, data: Dataset) -> Builder:
 
 def test_the_example_takes_what_its_signature_names(multiclass: Dataset) -> None:
     builder = _load(RESIDUAL, multiclass)
-    assert builder.takes == ("units", "layers", "dropout", "activation")
+    assert (builder.takes, builder.takes_any) == (("units", "dropout", "activation", "blocks"), False)
     assert builder.compiles and builder.search_path == (str(Path.cwd()),)
-    assert builder.searchable == {"units", "layers", "dropout", "activation", "learning_rate", "optimizer",
-                                  "batch_size", "epochs", "scaling"}
-    assert _load("tests.custom_builders:takes_anything", multiclass).takes == BUILD_PARAMS
+    assert [name for name in (*HYPERPARAMETERS, "blocks", "width") if builder.can_search(name)] == [
+        "units", "dropout", "learning_rate", "optimizer", "activation", "batch_size", "epochs", "scaling", "blocks"]
+    anything = _load("tests.custom_builders:takes_anything", multiclass)
+    assert (anything.takes, anything.takes_any, anything.can_search("width")) == (BUILD_PARAMS, True, True)
     assert load_builder(compose().model, multiclass) == Builder()  # model=mlp
 
 
@@ -47,7 +48,7 @@ def test_the_example_takes_what_its_signature_names(multiclass: Dataset) -> None
     ("__main__:build", "model.builder: '__main__:build' is defined in a script or notebook"),
     ("tests.custom_builders:returns_none", "returned NoneType, not a Keras model (keras.Model); end it with `return model`."),
     ("tests.custom_builders:lacks_n_outputs", "must take the keywords n_features, n_outputs, task; its signature"),
-    ("tests.custom_builders:requires_depth", "requires depth, which searchlab does not pass"),
+    ("tests.custom_builders:requires_depth", "requires depth, which searchlab may not pass (it passes n_features, n_outputs, task and the hyperparameters the search sets; the others keep the function's defaults): give them defaults."),
     ("tests.custom_builders:raises", "units=64) failed: ValueError: units must be even, got 64"),
     ("tests.custom_builders:one_output_always", "has shape (2, 1); a multiclass task needs a softmax unit per class"),
 ])
@@ -58,6 +59,20 @@ def test_a_builder_that_cannot_work_is_refused_with_the_problem_named(multiclass
         _load(path, multiclass)
     assert message in str(info.value)
     assert sys.path == before
+
+
+def test_only_a_custom_builder_has_hyperparameters_of_its_own() -> None:
+    with pytest.raises(ConfigError, match=r"^search.coarse.space.blocks must be named after a hyperparameter: "
+                                          r"units, .*; or, with model=custom, a keyword of your builder, got 'blocks'"):
+        compose("+search.coarse.space.blocks={type:int,low:1,high:3}")
+    with pytest.raises(ConfigError, match=r"or a keyword of your builder other than n_features, n_outputs, task, "
+                                          r"got 'task'\.$"):
+        compose("experiment=residual", "+search.coarse.space.task={type:choice,values:[a]}")
+    space = compose("experiment=residual", "+search.coarse.space.width={type:float,low:0.5,high:2}").coarse_space()
+    assert space["width"] == Param("width", "float", 0.5, 2.0)
+    # a fine trial's values read back from MLflow's text (resume): the builder's own as numbers where they are
+    assert [parse_value(name, text) for name, text in [("blocks", "3"), ("width", "0.5"), ("norm", "layer")]] == [
+        3, 0.5, "layer"]
 
 
 def test_model_custom_needs_an_import_path_and_model_mlp_none() -> None:
@@ -72,17 +87,20 @@ def test_ranges_the_builder_cannot_take_are_dropped_when_shipped_and_refused_whe
     config = compose("model=custom", f"model.builder={RESIDUAL}")
     builder = _load(RESIDUAL, multiclass)
     space, note = searched_space(builder, config.coarse_space(), config.search.coarse.space)
-    assert set(config.coarse_space()) - set(space) == {"l1", "l2", "noise"}
-    assert note == f"{RESIDUAL} takes units, layers, dropout, activation; not searched: l1, l2, noise."
+    assert set(config.coarse_space()) - set(space) == {"layers", "l1", "l2", "noise"}
+    assert note == f"{RESIDUAL} takes units, dropout, activation, blocks; not searched: layers, l1, l2, noise."
     assert searched_space(Builder(), config.coarse_space(), config.search.coarse.space) == (config.coarse_space(), "")
 
+    own = compose("experiment=residual")  # declares the builder's own `blocks`
+    assert searched_space(builder, own.coarse_space(), own.search.coarse.space)[0]["blocks"] == Param(
+        "blocks", "int", 1, 4)
     declared = compose("model=custom", f"model.builder={RESIDUAL}", "search.coarse.space.l2.high=0.1")
     with pytest.raises(ConfigError, match=r"^search.coarse.space.l2: .* does not take l2 \(its signature has no "
                                           r"`l2` keyword\); add .* '~search.coarse.space.l2'\.$"):
         searched_space(builder, declared.coarse_space(), declared.search.coarse.space)
 
     compiled = _load("tests.custom_builders:comes_compiled", multiclass)
-    assert not compiled.compiles and "learning_rate" not in compiled.searchable
+    assert not compiled.compiles and not compiled.can_search("learning_rate")
     config = compose("experiment=smoke", "model=custom", "model.builder=tests.custom_builders:comes_compiled",
                      "search.coarse.space.learning_rate.low=0.001")
     with pytest.raises(ConfigError, match="comes compiled with its own optimizer"):
