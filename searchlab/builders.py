@@ -63,7 +63,8 @@ class Builder:
 
     def build(self, *, n_features: int, task: str, n_classes: int = 0, steps_per_execution: int = 1,
               target_scale: float = 1.0, **hyperparameters: Any) -> keras.Model:
-        """A compiled network for `task`; `hyperparameters` are `BUILD_PARAMS` values (unset ones: the defaults).
+        """A compiled network for `task`; `hyperparameters` are the network's (`split_hyperparameters`), those
+        not given at their defaults.
 
         `target_scale` is the regression targets' standard deviation, so RMSE/MAE read in target units.
         """

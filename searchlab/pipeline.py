@@ -110,8 +110,8 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
 
     Raises:
         ConfigError, DataError: before any MLflow run is created (a custom `model.builder` is imported and
-            called once here); except a Dask scheduler that cannot be
-            reached (found when the coarse stage starts: the search and coarse runs end FAILED).
+            called once here); except a Dask scheduler that cannot be reached (found when the coarse stage
+            starts: the search and coarse runs end FAILED).
         StageFailedError: every trial of a stage failed (the search run ends FAILED).
         SearchInterrupted: Ctrl-C or SIGTERM; every open run was ended KILLED.
     """
