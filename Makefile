@@ -31,7 +31,7 @@ test: install
 # bench/ has no __init__.py: mypy names its scripts by file (compare, compare_budget, ...), so their
 # imports of one another (`from compare_budget import ...`) resolve as they do when a script runs.
 lint: install
-	$(BIN)/ruff check searchlab tests bench
+	$(BIN)/ruff check searchlab tests bench examples
 	$(BIN)/mypy searchlab bench
 
 # searchlab against RandomizedSearchCV, KerasTuner Hyperband, HalvingRandomSearchCV and Optuna (hours; ARGS=--quick:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import CONF_DIR, Config, from_dictconfig, register_schemas
-from searchlab.console import silence_native_stderr, where_to_look
+from searchlab.console import NOISY_LOGGERS, silence_native_stderr, where_to_look
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, SearchlabError
 from searchlab.metrics import scoring_for
@@ -84,7 +84,7 @@ def _quiet_libraries(verbose: int) -> None:
     """Below verbose=2, only the libraries' errors reach the terminal. Called once they are imported: MLflow
     sets its own logger's level when it loads."""
     if verbose < 2:
-        for noisy in ("tensorflow", "absl", "mlflow", "alembic", "distributed"):
+        for noisy in NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

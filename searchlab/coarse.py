@@ -32,14 +32,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import ClassifierTags, RegressorTags
 
+from searchlab.builders import Builder
 from searchlab.config import ClassWeight, CoarseConfig, DaskConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring, scorer
-from searchlab.model import build_model, diverged, fit_model, mean_curves, training_callbacks
+from searchlab.model import diverged, fit_model, mean_curves, split_hyperparameters, training_callbacks
 from searchlab.scaling import FeatureScaler
-from searchlab.space import BUILD_PARAMS, SCALING_PARAMS, Param, Space
+from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,9 @@ def make_estimator(ctx: SearchContext, values: Mapping[str, Any] | None = None) 
         model=_scikeras_model,
         model__task=ctx.data.task,
         model__candidate=-1,
+        model__builder=ctx.builder,
         model__steps_per_execution=ctx.model.steps_per_execution,
-        **{f"model__{name}": hyperparameters[name] for name in BUILD_PARAMS},
+        **{f"model__{name}": value for name, value in split_hyperparameters(hyperparameters)[0].items()},
         batch_size=hyperparameters["batch_size"],
         epochs=hyperparameters["epochs"],
         callbacks=training_callbacks(ctx.model, ctx.scoring),
@@ -217,7 +219,7 @@ def param_key(data: Dataset, name: str) -> str:
     """The scikit-learn parameter name of hyperparameter `name` in `make_estimator`'s estimator."""
     if name in SCALING_PARAMS:
         return _pipeline_prefix(data) + "scale__" + name
-    return _net_prefix(data) + (f"model__{name}" if name in BUILD_PARAMS else name)
+    return _net_prefix(data) + (name if name in FIT_PARAMS else f"model__{name}")
 
 
 def find_net(estimator: Any) -> Any:
@@ -404,9 +406,9 @@ class _HistoryScorer:
 
 
 def _scikeras_model(meta: dict[str, Any], compile_kwargs: dict[str, Any], params: dict[str, Any],
-                    candidate: int, **hyperparameters: Any) -> Any:
+                    candidate: int, builder: Builder, **hyperparameters: Any) -> Any:
     n_classes = meta.get("n_classes_") or 0
-    return build_model(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
+    return builder.build(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
 
 
 def _pipeline_prefix(data: Dataset) -> str:

@@ -10,6 +10,7 @@ the CLI sees a `DictConfig`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -36,6 +37,7 @@ class DatasetName(StrEnum):
     synthetic = "synthetic"
     mnist = "mnist"
     imdb = "imdb"
+    arrays = "arrays"  # X and y given to `searchlab.search` in Python
 
 
 class Task(StrEnum):
@@ -65,6 +67,11 @@ class ClassWeight(StrEnum):
 class Backend(StrEnum):
     local = "local"
     dask = "dask"
+
+
+class ModelKind(StrEnum):
+    mlp = "mlp"  # searchlab's own network (searchlab.model.build_model)
+    custom = "custom"  # the user's function, named by `model.builder`
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,13 @@ class ImdbConfig(DatasetConfig):
     max_rows: int | None = _bounded(None, Interval(20))
 
 
+@dataclass
+class ArraysConfig(DatasetConfig):
+    """The X and y a Python caller hands to `searchlab.search`: nothing to load, only the task and the split."""
+
+    name: DatasetName = DatasetName.arrays
+
+
 #: The schema of each data set; registered in Hydra's ConfigStore as `<name>_dataset_schema`, outside the `dataset`
 #: group so that neither `dataset=<option>` nor `searchlab --help` offers it as a data set.
 DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
@@ -166,6 +180,7 @@ DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
     DatasetName.synthetic: SyntheticConfig,
     DatasetName.mnist: MnistConfig,
     DatasetName.imdb: ImdbConfig,
+    DatasetName.arrays: ArraysConfig,
 }
 
 
@@ -176,9 +191,12 @@ DATASET_SCHEMAS: dict[DatasetName, type[DatasetConfig]] = {
 class ModelConfig:
     """Default hyperparameters (used where a stage does not search them) and training settings.
 
-    The hyperparameters (`HYPERPARAMETERS`) are checked by `searchlab.space.check_value`.
+    The hyperparameters (`HYPERPARAMETERS`) are checked by `searchlab.space.check_value`. With `name: custom`,
+    `builder` names the user's model-building function as `module:function` (see `searchlab.builders`).
     """
 
+    name: ModelKind = ModelKind.mlp
+    builder: str | None = None
     units: int = 64
     layers: int = 2
     dropout: float = 0.0
@@ -296,7 +314,8 @@ class Config:
 
     def coarse_space(self) -> dict[str, Param]:
         """The coarse stage's search space as typed parameters."""
-        return {name: _to_param(name, spec) for name, spec in self.search.coarse.space.items()}
+        own = self.model.name is ModelKind.custom
+        return {name: _to_param(name, spec, own) for name, spec in self.search.coarse.space.items()}
 
 
 # --- building a Config ----------------------------------------------------------------------------
@@ -365,6 +384,20 @@ def config_from_yaml(text: str) -> Config:
     return config
 
 
+def shipped_space_entries() -> dict[str, list[Any]]:
+    """Every range searchlab's own files declare for each hyperparameter (`search/coarse/*.yaml` and the
+    experiment presets), as plain values comparable with `search.coarse.space` entries."""
+    found: dict[str, list[Any]] = {}
+    files = [*(CONF_DIR / "search" / "coarse").glob("*.yaml"), *(CONF_DIR / "experiment").glob("*.yaml")]
+    for path in sorted(files):
+        loaded = OmegaConf.load(path)
+        key = "space" if path.parent.name == "coarse" else "search.coarse.space"
+        space = OmegaConf.select(loaded, key)
+        for name, entry in (OmegaConf.to_container(space) if space is not None else {}).items():  # type: ignore[union-attr]
+            found.setdefault(str(name), []).append(entry)
+    return found
+
+
 # --- validation -----------------------------------------------------------------------------------
 
 
@@ -398,6 +431,7 @@ def _reject_added_keys(obj: Any, prefix: str = "") -> None:
 def _check_rules(config: Config) -> None:
     """The rules a single field's range cannot express."""
     _check_dataset(config.dataset)
+    _check_builder(config.model)
     for name, value in config.model.hyperparameters().items():
         problem = check_value(name, value)
         if problem:
@@ -412,10 +446,24 @@ def _check_rules(config: Config) -> None:
     if not search.coarse.space:
         _fail("search.coarse.space", {}, "a mapping of at least one hyperparameter to its range")
     for name, spec in search.coarse.space.items():
-        _to_param(name, spec)
+        _to_param(name, spec, config.model.name is ModelKind.custom)
     host, _, port = search.fine.oracle.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         _fail("search.fine.oracle", search.fine.oracle, "host:port with a port from 1 to 65535")
+
+
+_BUILDER_CONTEXT = ("n_features", "n_outputs", "task")  # what a custom builder is called with besides hyperparameters
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _check_builder(model: ModelConfig) -> None:
+    """`model.builder` is set with model=custom only, and reads `module:function` (importing it is
+    `searchlab.builders.load_builder`'s job, when the search starts)."""
+    if model.name is ModelKind.mlp and model.builder is not None:
+        _fail("model.builder", model.builder, "null with model=mlp; choose model=custom to use your own builder")
+    if model.name is ModelKind.custom and not (model.builder and _IMPORT_PATH.fullmatch(model.builder)):
+        _fail("model.builder", model.builder, "the import path of your model-building function, module:function "
+              "(e.g. model.builder=examples.residual_mlp:build_residual_mlp), with model=custom")
 
 
 def _check_dataset(d: DatasetConfig) -> None:
@@ -445,10 +493,14 @@ def _is_position(value: str) -> bool:
     return value.removeprefix("-").isdigit()
 
 
-def _to_param(name: str, entry: Any) -> Param:
+def _to_param(name: str, entry: Any, own_names: bool = False) -> Param:
+    """The `Param` of coarse-space entry `name`. With `own_names` (model=custom) a name outside `HYPERPARAMETERS` is
+    a keyword of the user's builder: its range is checked for shape only (the builder knows its limits)."""
     key = f"search.coarse.space.{name}"
-    if name not in HYPERPARAMETERS:
-        _fail(key, name, "named after a hyperparameter: " + ", ".join(HYPERPARAMETERS))
+    if name not in HYPERPARAMETERS and not (own_names and name.isidentifier() and name not in _BUILDER_CONTEXT):
+        also = "; or, with model=custom, a keyword of your builder" if not own_names else \
+            " or a keyword of your builder other than " + ", ".join(_BUILDER_CONTEXT)
+        _fail(key, name, "named after a hyperparameter: " + ", ".join(HYPERPARAMETERS) + also)
     if name == "epochs":  # early stopping picks each fit's epochs, the fine stages theirs (max_epochs, Hyperband)
         raise ConfigError(f"{key}: epochs is not searched: model.epochs caps every fit and early stopping "
                           "(model.patience) ends it; set those instead.")
@@ -456,11 +508,12 @@ def _to_param(name: str, entry: Any) -> Param:
     if not isinstance(entry, dict) or "type" not in entry or set(entry) - set(fields):
         _fail(key, entry, "a mapping with `type` and only the keys " + ", ".join(fields))
     spec = ParamSpec(**entry)
+    checked = name in HYPERPARAMETERS
     if spec.type == "choice":
         if not spec.values:
             _fail(f"{key}.values", spec.values, "a non-empty list of choices")
         assert spec.values is not None
-        for value in spec.values:
+        for value in spec.values if checked else ():
             problem = check_value(name, value)
             if problem:
                 raise ConfigError(f"{key}.values: {name} {problem}.")
@@ -474,7 +527,7 @@ def _to_param(name: str, entry: Any) -> Param:
         _fail(f"{key}.low", spec.low, f"<= {key}.high ({spec.high:g})")
     if spec.log and spec.low <= 0:
         _fail(f"{key}.low", spec.low, "> 0 on a log scale (log: true)")
-    for bound, value in (("low", spec.low), ("high", spec.high)):
+    for bound, value in (("low", spec.low), ("high", spec.high)) if checked else ():
         problem = check_value(name, value)
         if problem:
             raise ConfigError(f"{key}.{bound}: {name} {problem}.")

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from searchlab.callbacks import SearchCallback, TrialEnd
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+#: Libraries whose info and warnings (TensorFlow's retracing notes, MLflow's store set-up) are noise below verbose=2.
+NOISY_LOGGERS = ("tensorflow", "absl", "mlflow", "alembic", "distributed")
+
+
+@contextmanager
+def quiet_libraries(verbose: int) -> Iterator[None]:
+    """While open and below verbose=2, only the libraries' errors are logged; their levels are restored after
+    (a notebook's logging is left as it was). Enter once they are imported: MLflow sets its logger's level when
+    it loads."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS] if verbose < 2 else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def format_params(params: Mapping[str, Any]) -> str:
@@ -72,10 +92,17 @@ def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int 
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page: on the tracking server itself, or in the MLflow UI `make ui` serves for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{redact(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_url(experiment_id, run_id)
+
+
 def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """How to open a run: on the tracking server itself, or with `make ui` for a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {redact(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"open {run_link(tracking_uri, experiment_id, run_id)}"
     return (f"run `make ui` (outside the repository: `mlflow ui --backend-store-uri {tracking_uri}`), then open "
             f"{run_url(experiment_id, run_id)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from searchlab.builders import Builder
 from searchlab.config import ModelConfig
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
@@ -15,7 +16,8 @@ class SearchContext:
     """The fixed inputs of a search's stages.
 
     `model` holds the training settings (epochs, patience, learning-rate cuts, ...) and the default value of
-    every hyperparameter, used wherever a stage neither searches nor fixes it.
+    every hyperparameter, used wherever a stage neither searches nor fixes it; `builder` builds the networks
+    (`searchlab.builders.load_builder`).
     """
 
     data: Dataset
@@ -23,8 +25,9 @@ class SearchContext:
     model: ModelConfig
     seed: int
     verbose: int = 0
+    builder: Builder = Builder()
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """Every hyperparameter's default value (`model.*` in the configuration)."""
-        return self.model.hyperparameters()
+        """The default value (`model.*` in the configuration) of every hyperparameter the builder can use."""
+        return {name: value for name, value in self.model.hyperparameters().items() if self.builder.can_search(name)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from searchlab.config import (
+    ArraysConfig,
     CsvConfig,
     DatasetConfig,
     DigitsConfig,
@@ -73,12 +74,42 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Dataset:
         DataError: the data is missing, malformed or too small; the message says what and where.
     """
     X, y, feature_names, name, reading = _load(cfg, seed)
+    return _split(X, y, feature_names, name, cfg, seed, reading)
+
+
+def dataset_from_arrays(X: Any, y: Any, cfg: DatasetConfig, seed: int) -> Dataset:
+    """A `Dataset` from features `X` (a 2-D array or a pandas DataFrame, whose column names it keeps) and
+    targets `y` (a 1-D array, list or pandas Series), split and checked as `load_dataset` splits a loaded data
+    set: `cfg.task` (auto: inferred) and `cfg.test_size`, by `seed`.
+
+    Raises:
+        DataError: the data is malformed or too small; the message says what.
+    """
+    if isinstance(X, pd.DataFrame):
+        names = [str(c) for c in X.columns]
+    else:
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise DataError(f"X must be a 2-D table of rows and features, got an array of shape {X.shape}.")
+        names = [f"x{i}" for i in range(X.shape[1])]
+    y = y.to_numpy() if isinstance(y, pd.Series | pd.DataFrame) else np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise DataError(f"y must hold one target per row (1-D), got an array of shape {y.shape}.")
+    return _split(X, y, names, cfg.name.value, cfg, seed)
+
+
+def _split(X: np.ndarray | pd.DataFrame, y: np.ndarray, feature_names: list[str], name: str,
+           cfg: DatasetConfig, seed: int, reading: str = "") -> Dataset:
+    """Check features and target, infer the task, and split off the test rows (stratified for classification).
+    `reading`: how a file was read, for the data summary."""
     X = _as_features(X, feature_names)
     if len(X) != len(y):
         raise DataError(f"{name}: {len(X)} feature rows but {len(y)} target values; they must match.")
     task = _infer_task(y) if cfg.task is Task.auto else cfg.task.value
     # the built-in data sets' integer targets are classes (digits); a user's table may hold counts or ratings
-    inferred = cfg.task is Task.auto and task == "multiclass" and isinstance(cfg, CsvConfig)
+    inferred = cfg.task is Task.auto and task == "multiclass" and isinstance(cfg, CsvConfig | ArraysConfig)
     notes = tuple(note for note in [_count_note(y, name) if inferred else ""] if note)
     class_names: tuple[str, ...] = ()
     if task == "regression":
@@ -140,6 +171,9 @@ def _load(cfg: DatasetConfig, seed: int) -> Loaded:
             return _load_mnist(cfg, seed)
         case ImdbConfig():
             return _load_imdb(cfg, seed)
+        case ArraysConfig():
+            raise DataError("dataset=arrays is the data a Python caller passes to searchlab.search(X, y); there is "
+                            "nothing to load here. Pass X and y, or choose a data set (dataset=digits, csv, ...).")
     raise TypeError(f"no loader for {type(cfg).__name__}")  # a schema added to config.py without a loader
 
 

@@ -24,7 +24,6 @@ from searchlab.metrics import evaluate_predictions, metric_names
 from searchlab.model import (
     Scalers,
     StopOnNonFiniteLoss,
-    build_model,
     deterministic,
     fit_model,
     predict_scores,
@@ -85,9 +84,9 @@ def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
     with deterministic(seed):
-        net = build_model(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
-                          steps_per_execution=ctx.model.steps_per_execution, target_scale=scalers.target_scale,
-                          **build)
+        net = ctx.builder.build(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
+                                steps_per_execution=ctx.model.steps_per_execution,
+                                target_scale=scalers.target_scale, **build)
         callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
         history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,
                             class_weight=ctx.model.class_weight, verbose=2 if ctx.verbose >= 2 else 0)

@@ -23,13 +23,13 @@ import numpy as np
 from joblib.externals.loky import ProcessPoolExecutor
 from sklearn.model_selection import train_test_split
 
+from searchlab.builders import Builder
 from searchlab.config import FineConfig, ModelConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.metrics import Scoring
 from searchlab.model import (
     Scalers,
-    build_model,
     deterministic,
     diverged,
     fit_model,
@@ -278,9 +278,9 @@ def best_score(curves: Mapping[str, list[float]], scoring: Scoring) -> float:
 def _train_job(ctx: SearchContext, settings: FineConfig, split_seed: int, scalings: Iterable[str]) -> _TrainJob:
     """The fine protocol's training job (values still to fill in) on the validation split `split_seed` draws."""
     return _TrainJob(values={}, data=scaled_splits(ctx.data, settings.validation_fraction, split_seed, scalings),
-                     task=ctx.data.task, n_classes=ctx.data.n_classes, model_settings=ctx.model, seed=ctx.seed,
-                     executions=settings.executions_per_trial, epochs=ctx.model.epochs, scoring=ctx.scoring,
-                     verbose=ctx.verbose)
+                     task=ctx.data.task, n_classes=ctx.data.n_classes, builder=ctx.builder, model_settings=ctx.model,
+                     seed=ctx.seed, executions=settings.executions_per_trial, epochs=ctx.model.epochs,
+                     scoring=ctx.scoring, verbose=ctx.verbose)
 
 
 class TrialPool:
@@ -355,6 +355,7 @@ class _TrainJob:
     data: dict[str, ScaledSplit]  # by the trial's `scaling`
     task: str
     n_classes: int
+    builder: Builder
     model_settings: ModelConfig
     seed: int
     executions: int
@@ -378,9 +379,9 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
     histories = []
     for execution in range(job.executions):
         with deterministic(job.seed + execution):  # repeats differ in initial weights and order
-            model = build_model(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
-                                steps_per_execution=job.model_settings.steps_per_execution,
-                                target_scale=split.target_scale, **build)
+            model = job.builder.build(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
+                                      steps_per_execution=job.model_settings.steps_per_execution,
+                                      target_scale=split.target_scale, **build)
             if job.load_weights:
                 model.load_weights(job.load_weights)
             callbacks = training_callbacks(job.model_settings, job.scoring)

@@ -19,7 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from searchlab.config import ClassWeight, ModelConfig
 from searchlab.metrics import Scoring, as_probabilities, value
 from searchlab.scaling import Scaler, feature_scaler
-from searchlab.space import BUILD_PARAMS, FIT_PARAMS
+from searchlab.space import FIT_PARAMS, SCALING_PARAMS
 
 # keras.optimizers class per optimizer name in searchlab.space.OPTIMIZERS
 _OPTIMIZERS = {
@@ -90,30 +90,52 @@ def build_model(
         x = keras.layers.Dense(int(units), activation=activation, kernel_regularizer=regularizer)(x)
         if dropout > 0:
             x = keras.layers.Dropout(dropout)(x)
+    activation_out = {"regression": None, "binary": "sigmoid"}.get(task, "softmax")
+    outputs = keras.layers.Dense(n_outputs(task, n_classes), activation=activation_out)(x)
+    model = keras.Model(inputs, outputs)
+    compile_for_task(model, task, optimizer=make_optimizer(optimizer, learning_rate),
+                     steps_per_execution=steps_per_execution, target_scale=target_scale)
+    return model
+
+
+def n_outputs(task: str, n_classes: int) -> int:
+    """Output units for `task`: a probability per class (multiclass), else one (a sigmoid, or a linear value)."""
+    return n_classes if task == "multiclass" else 1
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """The Keras optimizer called `name` (one of `searchlab.space.OPTIMIZERS`) at `learning_rate`."""
+    return _OPTIMIZERS[name](learning_rate=learning_rate)
+
+
+def compile_for_task(model: keras.Model, task: str, *, optimizer: Any, loss: Any = None, steps_per_execution: int = 1,
+                     target_scale: float = 1.0) -> None:
+    """Compile `model` for `task` with searchlab's metrics (the searched one among them, for early stopping and
+    scores) and `loss`, by default the task's: binary cross-entropy on one sigmoid unit, sparse categorical
+    cross-entropy on softmax probabilities, or mean squared error on standardized regression targets.
+
+    Args:
+        target_scale: regression targets' standard deviation, so RMSE/MAE read in target units.
+    """
     metrics: list[Any]
     if task == "regression":
-        outputs = keras.layers.Dense(1)(x)
-        loss = "mean_squared_error"
+        default_loss = "mean_squared_error"
         metrics = [_ScaledRMSE(target_scale), _ScaledMAE(target_scale), keras.metrics.R2Score(name="r2")]
     elif task == "binary":
-        outputs = keras.layers.Dense(1, activation="sigmoid")(x)
-        loss = "binary_crossentropy"
+        default_loss = "binary_crossentropy"
         metrics = ["accuracy", keras.metrics.BinaryCrossentropy(name="log_loss")]
     else:
-        outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
-        loss = "sparse_categorical_crossentropy"
+        default_loss = "sparse_categorical_crossentropy"
         metrics = ["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="log_loss")]
-    model = keras.Model(inputs, outputs)
     model.compile(
-        optimizer=_OPTIMIZERS[optimizer](learning_rate=learning_rate),
-        loss=loss,
+        optimizer=optimizer,
+        loss=loss or default_loss,
         metrics=metrics,
         steps_per_execution=steps_per_execution,
         # XLA off, explicitly: these small MLPs (input noise, dropout) trace longer and run slower with it on
         # CPU. Keras' "auto" resolves to off here as well.
         jit_compile=False,
     )
-    return model
 
 
 def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int,
@@ -150,8 +172,9 @@ def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: i
 
 
 def split_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split hyperparameter values into `build_model` keywords and `fit` keywords."""
-    build = {k: v for k, v in values.items() if k in BUILD_PARAMS}
+    """Split hyperparameter values into the network's keywords (`build_model`'s, or a custom builder's) and `fit`
+    keywords; `scaling` is neither."""
+    build = {k: v for k, v in values.items() if k not in FIT_PARAMS and k not in SCALING_PARAMS}
     fit = {k: v for k, v in values.items() if k in FIT_PARAMS}
     return build, fit
 

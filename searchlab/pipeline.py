@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from searchlab import records, registry
+from searchlab.builders import load_builder, searched_space
 from searchlab.callbacks import CallbackList, SearchCallback
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
 from searchlab.config import ClassWeight, Config, TrackingConfig, config_from_yaml
@@ -33,7 +34,7 @@ from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
 from searchlab.records import Finished
-from searchlab.space import grid_size, space_as_dict
+from searchlab.space import Param, grid_size, space_as_dict
 from searchlab.tracking import Tracker, flatten
 
 
@@ -151,8 +152,9 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
         callbacks: told of every finished trial and stage, after the console's progress lines (verbose >= 1).
 
     Raises:
-        ConfigError, DataError: before any MLflow run is created; except a Dask scheduler that cannot be
-            reached (found when the coarse stage starts: the search and coarse runs end FAILED).
+        ConfigError, DataError: before any MLflow run is created (a custom `model.builder` is imported and
+            called once here); except a Dask scheduler that cannot be reached (found when the coarse stage
+            starts: the search and coarse runs end FAILED).
         StageFailedError: every trial of a stage failed (the search run ends FAILED).
         SearchInterrupted: Ctrl-C or SIGTERM; every open run was ended KILLED.
     """
@@ -163,12 +165,17 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
         raise ConfigError(f"model.class_weight must be none for a regression task, got "
                           f"{config.model.class_weight.value!r}.")
     check_cv_feasible(data, config.search.coarse.cv)
-    ctx = SearchContext(data, scoring, config.model, config.seed, config.verbose)
+    builder = load_builder(config.model, data)
+    space, left_out = searched_space(builder, config.coarse_space(), config.search.coarse.space)
+    ctx = SearchContext(data, scoring, config.model, config.seed, config.verbose, builder)
     hooks = CallbackList([*([ProgressPrinter(scoring.display_name)] if config.verbose >= 1 else []), *callbacks])
     say = print if config.verbose >= 1 else (lambda *a, **k: None)
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    parent, finished = _open_search(tracker, config, data)
+    parent, finished = _open_search(tracker, config, data, space)
+    if left_out:
+        say(f"searchlab: {left_out}")
+        tracker.log(parent, tags={records.LEFT_OUT_TAG: left_out})
     if config.resume:
         say(f"searchlab: resuming search {parent}: {len(finished.coarse)} coarse candidates and "
             f"{len(finished.fine)} fine trials already done")
@@ -177,7 +184,7 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
         say(f"searchlab: note: {note}")
     search = _OpenSearch(tracker, parent, finished, hooks)
     try:
-        coarse = _coarse_stage(search, ctx, config)
+        coarse = _coarse_stage(search, ctx, config, space)
         fine_space = narrow([(t.params, t.mean_score) for t in coarse.trials], coarse.space,
                             config.search.fine.max_params, config.search.fine.top_fraction, seed=config.seed)
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
@@ -214,13 +221,13 @@ def resumed_config(config: Config) -> Config:
     return dataclasses.replace(stored, resume=run_id, verbose=config.verbose, tracking=config.tracking)
 
 
-def _open_search(tracker: Tracker, config: Config, data: Dataset) -> tuple[str, Finished]:
+def _open_search(tracker: Tracker, config: Config, data: Dataset, space: dict[str, Param]) -> tuple[str, Finished]:
     """The search run and what it has finished: a new run with its configuration logged, or the interrupted
     run `config.resume` reopened with its finished trials read back."""
     if config.resume:
         parent = records.find_search(tracker, config.resume)
         tracker.reopen(parent)
-        return parent, records.read_finished(tracker, parent, config.coarse_space())
+        return parent, records.read_finished(tracker, parent, space)
     parent = records.start_search(tracker, data.name)
     resolved = dataclasses.asdict(config)
     tracker.log(parent, params=flatten(resolved), tags={records.TASK_TAG: data.task,
@@ -247,9 +254,8 @@ class _OpenSearch:
     hooks: SearchCallback
 
 
-def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config) -> CoarseResult:
+def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config, space: dict[str, Param]) -> CoarseResult:
     tracker, finished, hooks = search.tracker, search.finished, search.hooks
-    space = config.coarse_space()
     settings = config.search.coarse
     stage_run = records.open_stage(tracker, search.run_id, "coarse", finished)
     tracker.log_dict(stage_run, space_as_dict(space), "space.json")

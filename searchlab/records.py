@@ -41,6 +41,7 @@ TUNED_TAG = "searchlab.tuned"  # the hyperparameters a fine trial's stage tuned,
 WORKER_TAG = "searchlab.worker"  # the KerasTuner tuner id of the worker that trained a fine trial
 ERROR_TAG = "searchlab.error"  # why a trial failed
 WINNER_TAG = "searchlab.winner"  # on the fine trial whose values the final model was refit with
+LEFT_OUT_TAG = "searchlab.not_searched"  # the coarse-space ranges a custom model builder cannot take, and why
 ENDED = ("FINISHED", "FAILED")  # trial runs written whole; a RUNNING one is a killed writer's partial run
 _FOLD = "cv_score_fold_"
 

@@ -35,7 +35,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "activation": A
 
 #: Keywords of `searchlab.model.build_model`.
 BUILD_PARAMS = ("units", "layers", "dropout", "l1", "l2", "noise", "learning_rate", "optimizer", "activation")
-#: Keywords of the training loop rather than the network.
+#: Keywords of the training loop rather than the network. Every other hyperparameter is the network's: these,
+#: and with model=custom the builder's own keywords (see searchlab.builders).
 FIT_PARAMS = ("batch_size", "epochs")
 #: How the features are scaled before they reach the network.
 SCALING_PARAMS = ("scaling",)
@@ -71,8 +72,16 @@ def check_value(name: str, value: Any) -> str | None:
 
 
 def parse_value(name: str, text: str) -> Any:
-    """A hyperparameter value from its text form (as MLflow stores params)."""
+    """A hyperparameter value from its text form (as MLflow stores params). A custom builder's own hyperparameter
+    reads as a number when its text is one."""
     if name in _CHOICES:
+        return text
+    if name not in _NUMERIC_LIMITS:
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
         return text
     kind = _NUMERIC_LIMITS[name][0]
     return int(float(text)) if kind == "int" else float(text)

@@ -26,8 +26,10 @@ def import_graph(top_level_only: bool = False) -> dict[str, set[str]]:
         found: set[str] = set()
         for node in nodes:
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("searchlab"):
-                found.add(node.module)
-                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(modules)
+                found |= submodules
+                if len(submodules) < len(node.names):  # names defined by the module itself, not its submodules
+                    found.add(node.module)
             elif isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names if alias.name.startswith("searchlab")}
         graph[name] = {m for m in found if m in modules and m != name}
