@@ -85,7 +85,8 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     assert set(found.best_params) == {"units", "blocks", "dropout", "activation", "learning_rate", "optimizer",
                                       "batch_size", "epochs", "scaling"}  # layers, l1, l2, noise: it takes none
     assert found.best_params["blocks"] in (1, 2)
-    assert set(found.test_metrics) == {"accuracy", "log_loss", "roc_auc"}
+    assert set(found.test_metrics) == {"accuracy", "balanced_accuracy", "f1", "log_loss", "roc_auc",
+                                       "average_precision"}
     assert found.url.endswith(f"/runs/{found.run_id}") and found.run_id in repr(found)
     assert "residual_mlp" in [layer.name for layer in found.model.layers]
     probabilities = found.model.predict(X[:5], verbose=0)  # raw features in, probabilities out

@@ -107,7 +107,8 @@ def test_ranges_the_builder_cannot_take_are_dropped_when_shipped_and_refused_whe
         searched_space(compiled, config.coarse_space(), config.search.coarse.space)
 
 
-def test_a_bad_builder_stops_the_search_before_any_run_opens(store_uri: str) -> None:
+def test_a_bad_builder_stops_the_search_before_any_run_opens(tmp_path: Path) -> None:
+    store_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"  # not created beforehand
     config = compose(*TINY, "model=custom", "model.builder=tests.custom_builders:returns_none",
                      f"tracking.uri={store_uri}")
     with pytest.raises(ConfigError, match="not a Keras model"):
