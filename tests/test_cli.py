@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from searchlab.config import compose
 from searchlab.data import check_cv_feasible, load_dataset
 from searchlab.errors import SearchlabError
-from tests.conftest import TINY, new_store
+from tests.conftest import TINY, empty_store_uri, new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"
@@ -227,7 +227,8 @@ def test_bad_data_is_refused_before_tensorflow_loads(tmp_path: Path) -> None:
 
 
 def test_resume_last_on_empty_store(tmp_path: Path) -> None:
-    db, uri = store(tmp_path)
+    uri = empty_store_uri(tmp_path / "mlruns")
+    db, uri = Path(uri.removeprefix("sqlite:///")), f"tracking.uri={uri}"
     outcome = run_cli("resume=last", "verbose=0", uri)
     assert outcome.returncode == 2, outcome.text
     assert "resume=last" in outcome.stderr and "no search to resume" in outcome.stderr, outcome.text
