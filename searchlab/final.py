@@ -64,10 +64,22 @@ class FinalResult:
 
 
 def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "val_loss", mode: str = "min") -> int:
-    """Epochs up to and including the best value of curve `key` (lowest for mode "min")."""
+    """Epochs up to and including the best value of curve `key` (lowest for mode "min").
+
+    Among epochs tied at the best value, the one with the lowest validation loss: a metric that saturates early
+    (a perfect validation average precision from the first epoch on a small split) would otherwise have the
+    final model trained for one epoch.
+    """
     sign = 1.0 if mode == "min" else -1.0
-    values = [sign * v if np.isfinite(v) else np.inf for v in curves.get(key, [])]
-    return int(np.argmin(values)) + 1 if values else fallback
+    values = np.array([sign * v if np.isfinite(v) else np.inf for v in curves.get(key, [])])
+    if not values.size:
+        return fallback
+    tied = np.flatnonzero(values == values.min())
+    losses = curves.get("val_loss", [])
+    if len(tied) > 1 and len(losses) == len(values):
+        tied_losses = [losses[i] if np.isfinite(losses[i]) else np.inf for i in tied]
+        return int(tied[int(np.argmin(tied_losses))]) + 1
+    return int(tied[0]) + 1
 
 
 def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,

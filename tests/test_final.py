@@ -18,6 +18,10 @@ def test_best_epoch_count_follows_the_searched_metric() -> None:
     assert best_epoch_count(curves, 99, "val_accuracy", "max") == 3
     assert best_epoch_count({"val_loss": [float("nan"), 0.4]}, 99) == 2
     assert best_epoch_count({}, 99) == 99
+    # a metric tied at its best from the first epoch: the tied epoch with the lowest validation loss
+    saturated = {"val_loss": [0.6, 0.4, 0.3, 0.35], "val_average_precision": [1.0, 1.0, 1.0, 0.9]}
+    assert best_epoch_count(saturated, 99, "val_average_precision", "max") == 3
+    assert best_epoch_count({"val_auc": [1.0, 1.0]}, 99, "val_auc", "max") == 1  # no loss to break the tie
 
 
 def test_baseline_predicts_priors_or_the_mean() -> None:
