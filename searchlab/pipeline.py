@@ -99,7 +99,7 @@ class SearchResult:
                          f"(difference {versus}, higher is better"
                          + ("; within the intervals)" if versus.verdict == "level" else ")"))
         if self.data.task == "binary":
-            lines.append(f"- **Minority class:** {_minority(self.data, self.final.test_prediction)}")
+            lines.append(_minority(self.data, self.final.test_prediction))
         return lines
 
     def summary(self) -> str:
@@ -133,15 +133,18 @@ class SearchResult:
 
 
 def _minority(data: Dataset, prediction: np.ndarray) -> str:
-    """How the model fares on the rarer class of a binary task's test rows: recall and precision."""
+    """A summary line on how the model fares on the rarer class of a binary task's test rows (the positive class,
+    label 1, when both are as common): recall and precision."""
     counts = np.bincount(data.y_test, minlength=2)
-    rare = int(np.argmin(counts))
+    tied = counts[0] == counts[1]
+    rare = 1 if tied else int(np.argmin(counts))
     predicted = prediction.argmax(axis=1) == rare
     actual = data.y_test == rare
     found = int((predicted & actual).sum())
     precision = f"{found / predicted.sum():.4f}" if predicted.any() else "undefined (never predicted)"
-    return (f"{data.class_names[rare]!r} ({counts[rare]} of {len(data.y_test)} test rows): recall "
-            f"{found / max(1, actual.sum()):.4f} ({found} found), precision {precision}.")
+    return (f"- **{'Positive' if tied else 'Minority'} class:** {data.class_names[rare]!r} ({counts[rare]} of "
+            f"{len(data.y_test)} test rows): recall {found / max(1, actual.sum()):.4f} ({found} found), precision "
+            f"{precision}.")
 
 
 def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[SearchCallback] = ()) -> SearchResult:
