@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.tracking import Tracker, flatten, interrupts_held
-from tests.conftest import empty_store_uri
 
 
 def test_flatten() -> None:
@@ -48,31 +47,48 @@ def test_end_all_ends_open_runs_innermost_first(store_uri: str) -> None:
     assert tracker.get(outer) is not None and tracker.get("0123") is None
 
 
-def _open_store(uri: str, barrier: Any, results: Any) -> None:
+def _open_and_write(uri: str, name: str, n: int, barrier: Any, results: Any) -> None:
     from searchlab.tracking import Tracker as ChildTracker
 
     barrier.wait()  # every process imported MLflow: now they open the new store together
     try:
-        results.put(ChildTracker(uri, "together").experiment_id)
+        tracker = ChildTracker(uri, "searchlab")
+        barrier.wait()  # and write their run trees at once
+        parent = tracker.start_run(name, {"tree": name})
+        for k in range(n):
+            tracker.log_finished_run(parent, f"{name}-{k}", tags={"tree": name}, params={"k": k},
+                                     metrics={"score": k / n}, curves={"loss": [1.0, 0.5]}, start_time=time.time(),
+                                     end_time=time.time())
+        tracker.end_run(parent)
+        results.put((tracker.experiment_id, parent))
     except Exception as exc:  # reported to the test, not lost in a child's stderr
-        results.put(f"{type(exc).__name__}: {exc}")
+        results.put((f"{type(exc).__name__}: {exc}", ""))
 
 
-def test_searches_started_together_share_a_new_store(tmp_path: Path) -> None:
+def test_searches_started_together_share_a_new_store_and_write_it_at_once(tmp_path: Path) -> None:
     """Processes that open the same new SQLite store at once all get it and the same experiment (MLflow alone
-    raced on creating the tables: "table latest_metrics already exists")."""
+    raced on creating the tables: "table latest_metrics already exists"), then write their run trees into it at
+    the same time: every run lands, in its own tree (two searches on one store, or a sweep)."""
     import multiprocessing
 
+    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 20
     context = multiprocessing.get_context("spawn")
-    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 4
-    barrier, results = context.Barrier(n), context.Queue()
-    processes = [context.Process(target=_open_store, args=(uri, barrier, results)) for _ in range(n)]
+    barrier, results = context.Barrier(3), context.Queue()
+    processes = [context.Process(target=_open_and_write, args=(uri, name, n, barrier, results)) for name in "abc"]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
+    outcomes = [results.get(timeout=180) for _ in processes]
     for process in processes:
         process.join(timeout=30)
-    assert len(set(outcomes)) == 1 and outcomes[0].isdigit(), outcomes
+    experiments = {experiment for experiment, _ in outcomes}
+    assert len(experiments) == 1 and experiments.pop().isdigit(), outcomes
+    tracker = Tracker(uri, "searchlab")
+    for _, parent in outcomes:
+        assert len(parent) == 32, outcomes
+        children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
+                                              max_results=1000)
+        assert len(children) == n and {r.info.status for r in children} == {"FINISHED"}
+        assert len({r.data.tags["tree"] for r in children}) == 1
 
 
 def test_ctrl_c_waits_for_the_store_write_in_progress() -> None:
@@ -94,41 +110,3 @@ def test_ctrl_c_waits_for_the_store_write_in_progress() -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     assert delivered == [1]
-
-
-def _write_tree(uri: str, name: str, n: int, barrier: Any, results: Any) -> None:
-    tracker = Tracker(uri, "searchlab")
-    barrier.wait()  # both processes write at once
-    try:
-        parent = tracker.start_run(name, {"tree": name})
-        for k in range(n):
-            tracker.log_finished_run(parent, f"{name}-{k}", tags={"tree": name}, params={"k": k},
-                                     metrics={"score": k / n}, curves={"loss": [1.0, 0.5]}, start_time=time.time(),
-                                     end_time=time.time())
-        tracker.end_run(parent)
-        results.put(parent)
-    except Exception as exc:
-        results.put(f"{type(exc).__name__}: {exc}")
-
-
-def test_two_searches_write_one_store_at_once(tmp_path: Path) -> None:
-    """Two processes writing their run trees into one SQLite store at the same time: every run lands, in its
-    own tree (two searches on one store, or a sweep)."""
-    import multiprocessing
-
-    uri, n = empty_store_uri(tmp_path), 30
-    tracker = Tracker(uri, "searchlab")  # the store and experiment exist before the writers start
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(2), context.Queue()
-    processes = [context.Process(target=_write_tree, args=(uri, name, n, barrier, results)) for name in "ab"]
-    for process in processes:
-        process.start()
-    parents = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
-    assert all(len(p) == 32 for p in parents), parents
-    for parent in parents:
-        children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
-                                              max_results=1000)
-        assert len(children) == n and {r.info.status for r in children} == {"FINISHED"}
-        assert len({r.data.tags["tree"] for r in children}) == 1

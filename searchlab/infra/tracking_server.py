@@ -112,6 +112,11 @@ def server_command(backend_uri: str, artifacts: Path, host: str = "127.0.0.1", p
             "--host", host, "--port", str(port), "--workers", str(workers)]
 
 
+#: Set for `mlflow server` and `mlflow ui`: without MLflow's GenAI job runner (a scheduler and 7 Huey consumer
+#: processes, which training runs never use), the UI answers in about half the time on half the CPU.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def free_port() -> int:
     """A TCP port nothing listens on at 127.0.0.1 now (for a throwaway server)."""
     with socket.socket() as s:
@@ -122,14 +127,15 @@ def free_port() -> int:
 @contextmanager
 def serving(command: list[str], url: str, timeout: float = 120, output: _Output = None,
             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `mlflow server` or `mlflow ui` in its own process group and wait until `url`/health
-    answers (MLflow 3.17 takes ~30 s); the whole group is ended on exit (its huey workers outlive
-    a plain kill of the parent).
+    """Start `mlflow server` or `mlflow ui` (in `env` and `SERVER_ENV`) in its own process group and wait until
+    `url`/health answers (10-20 s here); the whole group is ended on exit (a server's workers outlive a plain
+    kill of the parent).
 
     Raises:
         SearchlabError: the process exited, or did not answer within `timeout` seconds.
     """
-    process = subprocess.Popen(command, start_new_session=True, stdout=output, stderr=output, env=env)
+    process = subprocess.Popen(command, start_new_session=True, stdout=output, stderr=output,
+                               env={**(os.environ if env is None else env), **SERVER_ENV})
     try:
         deadline = time.monotonic() + timeout
         while not _healthy(url):
@@ -158,9 +164,7 @@ def tracking_server(pg_data: Path, artifacts: Path, host: str = "127.0.0.1", por
     """PostgreSQL on `pg_data` and `mlflow server` over it, ready at http://host:port; both stopped on exit."""
     with postgres(pg_data) as backend_uri:
         command = server_command(backend_uri, artifacts, host, port, workers)
-        # Without the GenAI job runners (7 huey processes): training runs never use them.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with serving(command, f"http://{host}:{port}", output=output, env=env) as process:
+        with serving(command, f"http://{host}:{port}", output=output) as process:
             yield process
 
 

@@ -1,10 +1,10 @@
 """The coarse stage on a Dask cluster (`search.backend=dask`, `searchlab.infra.dask_cluster`), with real processes.
 
-Most tests run `run_coarse` itself: a local cluster of two worker processes started by the stage, against
-the local backend, and interrupted. One whole search runs on a `dask scheduler` with two `dask worker`
-processes this module starts (each in a process group of its own, killed at the end, pass or fail), and
-loses one of them mid-coarse. The data is a synthetic 3-class table of 600 rows: enough for joblib to
-scatter the folds' index arrays (over 1 kB each) if it were let, which a lost worker would not survive.
+The tests run `run_coarse` itself: on a local cluster of two worker processes started by the stage, against
+the local backend, and interrupted; and on a `dask scheduler` with two `dask worker` processes this module
+starts (each in a process group of its own, killed at the end, pass or fail), one of which it kills mid-stage.
+The data is a synthetic 3-class table of 600 rows: enough for joblib to scatter the folds' index arrays (over
+1 kB each) if it were let, which a lost worker would not survive.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import pytest
 from distributed import Client
 
 from searchlab import pipeline
-from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
 from searchlab.config import Config, DaskConfig, compose
 from searchlab.context import SearchContext
@@ -36,8 +35,7 @@ from searchlab.errors import ConfigError
 from searchlab.infra.processes import tf_thread_env
 from searchlab.infra.tracking_server import free_port
 from searchlab.metrics import scoring_for
-from searchlab.records import CANDIDATE_TAG, ERROR_TAG, RUN_TAG, STAGE_TAG
-from tests.conftest import Store, new_store
+from tests.conftest import new_store
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -199,13 +197,10 @@ def test_ctrl_c_on_a_local_cluster_leaves_no_process_behind() -> None:
     assert_none_left(before)
 
 
-# -- a running cluster, through the whole search --------------------------------------------------------------
+# -- a running cluster ----------------------------------------------------------------------------
 
 
-COARSE_TRIALS = f"tags.`{RUN_TAG}` = 'trial' and tags.`{STAGE_TAG}` = 'coarse'"
-
-
-class _KillBusyWorker(SearchCallback):
+class _KillBusyWorker:
     """Once a coarse candidate has ended, kills (from a thread of its own) a Dask worker that is running fits."""
 
     def __init__(self, address: str) -> None:
@@ -214,9 +209,6 @@ class _KillBusyWorker(SearchCallback):
         self.killed: int | None = None
         self.thread = threading.Thread(target=self._kill, daemon=True)
         self.thread.start()
-
-    def on_trial_end(self, trial: TrialEnd) -> None:
-        self.first_trial.set()
 
     def _kill(self) -> None:
         self.first_trial.wait(TIMEOUT)
@@ -234,38 +226,26 @@ class _KillBusyWorker(SearchCallback):
                 time.sleep(0.1)
 
 
-def coarse_trials(store: Store) -> dict[int, Any]:
-    """The coarse trial runs by candidate number; fails on a duplicated candidate."""
-    trials: dict[int, Any] = {}
-    for run in store.runs(COARSE_TRIALS):
-        number = int(run.data.tags[CANDIDATE_TAG])
-        assert number not in trials, f"candidate {number} recorded twice"
-        trials[number] = run
-    return trials
-
-
-def test_a_worker_killed_mid_coarse_loses_no_candidate(cluster: str, tmp_path: Path) -> None:
-    """The run tree of a search on a running cluster is complete, though a worker was lost mid-coarse."""
-    store = new_store(tmp_path / "mlruns")
+def test_a_worker_killed_mid_coarse_loses_no_candidate(cluster: str) -> None:
+    """On a running cluster that loses a worker mid-coarse, every candidate is reported once, in order, scored
+    (the killed worker's fits run again on the other) or failed with its reason. The stage's reports are what
+    the search records, whatever the backend (tests/test_pipeline.py: the run tree)."""
     n_iter = 4  # two batches on two worker threads: the kill lands in the second
+    config, ctx = stage_inputs(f"search.coarse.n_iter={n_iter}")
     killer = _KillBusyWorker(cluster)
-    result = pipeline.run(compose(*ARGS, f"tracking.uri={store.uri}", "search.backend=dask",
-                                         f"search.dask.address={cluster}", f"search.coarse.n_iter={n_iter}"),
-                          callbacks=[killer])
+    reported: list[int] = []
+
+    def on_trial(trial: CoarseTrial) -> None:
+        reported.append(trial.number)
+        killer.first_trial.set()
+
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse, on_trial=on_trial,
+                        dask=DaskConfig(address=cluster))
     killer.thread.join(5)
     assert killer.killed is not None, "no worker was busy after the first candidate"
-
-    statuses = {run.info.run_name: run.info.status for run in store.runs()}
-    assert "RUNNING" not in statuses.values(), statuses
-    assert [run.info.status for run in store.runs(f"tags.`{RUN_TAG}` = 'search'")] == ["FINISHED"], statuses
-    stages = {run.data.tags[STAGE_TAG]: run.info.status for run in store.runs(f"tags.`{RUN_TAG}` = 'stage'")}
-    assert stages == {"coarse": "FINISHED", "fine": "FINISHED"}, statuses
-    trials = coarse_trials(store)
-    assert sorted(trials) == list(range(n_iter))
-    # The killed worker's fits were run again on the other one (or, had that failed, recorded as FAILED).
-    for run in trials.values():
-        assert run.info.status == "FINISHED" or run.data.tags.get(ERROR_TAG), run.info.run_name
-    assert all(t.curves["loss"] for t in result.coarse.trials if t.ok)  # the workers' histories came back
+    assert reported == list(range(n_iter)) == [t.number for t in result.trials]
+    assert all(t.ok or t.error for t in result.trials)
+    assert all(len(t.fold_scores) == 2 and t.curves["loss"] for t in result.trials if t.ok)  # histories came back
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
