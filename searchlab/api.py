@@ -69,11 +69,12 @@ def search(X: Any = None, y: Any = None, overrides: Sequence[str] = ()) -> Found
                           "drop one (dataset.task and dataset.test_size still apply to X and y).")
     config = compose(*overrides, *(["dataset=arrays"] if given else []))
     from searchlab import pipeline  # TensorFlow loads here, once the configuration is known good
+    from searchlab.records import resumed_config
 
     try:
         with quiet_libraries(config.verbose):
             if config.resume:
-                config = pipeline.resumed_config(config)
+                config = resumed_config(config)
             if given and not isinstance(config.dataset, ArraysConfig):
                 raise ConfigError(f"searchlab.search: search {config.resume} ran on dataset={config.dataset.name}; "
                                   "resume it without X and y.")

@@ -22,6 +22,7 @@ from searchlab.console import NOISY_LOGGERS, silence_native_stderr, where_to_loo
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import SearchInterrupted, SearchlabError
 from searchlab.metrics import scoring_for
+from searchlab.records import resumed_config
 
 register_schemas()
 _failed_jobs: list[str] = []
@@ -92,8 +93,6 @@ def _checked(config: Config) -> tuple[Config, Dataset]:
     """The configuration to run (a resumed search's own) and its data set, checked to suit each other: user
     mistakes in a new search are reported before TensorFlow's seconds of start-up."""
     if config.resume:
-        from searchlab.pipeline import resumed_config
-
         _quiet_libraries(config.verbose)
         config = resumed_config(config)
     data = load_dataset(config.dataset, config.seed)

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +41,7 @@ from searchlab.metrics import Scoring, scorer
 from searchlab.model import diverged, fit_model, mean_curves, split_hyperparameters, training_callbacks
 from searchlab.scaling import FeatureScaler
 from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space
-
-
-@dataclass(frozen=True)
-class CoarseTrial:
-    """One coarse candidate: its sampled hyperparameters and cross-validated score."""
-
-    number: int
-    params: dict[str, Any]
-    fold_scores: tuple[float, ...]
-    curves: dict[str, list[float]] = field(default_factory=dict)  # per-epoch means over folds
-    error: str | None = None
-    start_time: float = 0.0
-    end_time: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def mean_score(self) -> float:
-        return float(np.mean(self.fold_scores)) if self.ok else float("nan")
-
-    @property
-    def std_score(self) -> float:
-        return float(np.std(self.fold_scores)) if self.ok else float("nan")
+from searchlab.trials import CoarseTrial
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,35 +38,9 @@ from searchlab.model import (
     training_callbacks,
 )
 from searchlab.narrow import FineSpace
+from searchlab.trials import COARSE_WINNER, EDGE_PREFIX, FineTrial
 
-COARSE_WINNER = "coarse-winner"
-EDGE_PREFIX = "edge-"  # trial ids of the second round beyond a narrowed range's edge
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class FineTrial:
-    """One fine trial: its tuned values, score on the validation split and per-epoch curves."""
-
-    trial_id: str  # KerasTuner's id, or COARSE_WINNER
-    params: dict[str, Any]  # every hyperparameter the trial trained with
-    tuned: dict[str, Any]  # the values the fine stage chose (empty for the coarse winner)
-    score: float
-    curves: dict[str, list[float]] = field(default_factory=dict)  # per epoch, from `first_epoch`
-    error: str | None = None
-    start_time: float = 0.0
-    end_time: float = 0.0
-    first_epoch: int = 0  # Hyperband continues some trials from an earlier one's weights
-    confirm_scores: tuple[float, ...] = ()  # scores on further validation splits (`confirm`)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and math.isfinite(self.score)
-
-    @property
-    def confirmed_score(self) -> float:
-        """The mean score over every split the trial was scored on (NaN if one failed)."""
-        return float(np.mean([self.score, *self.confirm_scores]))
 
 
 @dataclass(frozen=True)

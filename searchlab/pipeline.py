@@ -21,21 +21,22 @@ from omegaconf import OmegaConf
 from searchlab import records, registry
 from searchlab.builders import load_builder, searched_space
 from searchlab.callbacks import CallbackList, SearchCallback
-from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
-from searchlab.config import ClassWeight, Config, TrackingConfig, config_from_yaml
+from searchlab.coarse import CoarseResult, run_coarse
+from searchlab.config import ClassWeight, Config, TrackingConfig
 from searchlab.console import ProgressPrinter, format_duration, format_params, redact
 from searchlab.context import SearchContext
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import ConfigError, SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, HeldOutScores, best_epoch_count, refit_and_test
-from searchlab.fine import COARSE_WINNER, FineResult, FineSearch, FineTrial, TrialPool, confirm, run_fine
+from searchlab.fine import FineResult, FineSearch, TrialPool, confirm, run_fine
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
 from searchlab.records import Finished
 from searchlab.space import Param, grid_size, space_as_dict
 from searchlab.tracking import Tracker, flatten
+from searchlab.trials import COARSE_WINNER, CoarseTrial, FineTrial
 
 
 @dataclass(frozen=True)
@@ -212,16 +213,6 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     except BaseException:
         tracker.end_all("FAILED")
         raise
-
-
-def resumed_config(config: Config) -> Config:
-    """The configuration the search named by `config.resume` started with (its `config.yaml`), with this
-    invocation's verbosity and tracking settings."""
-    assert config.resume
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    run_id = records.find_search(tracker, config.resume)
-    stored = config_from_yaml(tracker.read_text(run_id, "config.yaml"))
-    return dataclasses.replace(stored, resume=run_id, verbose=config.verbose, tracking=config.tracking)
 
 
 def _open_search(tracker: Tracker, config: Config, data: Dataset, space: dict[str, Param]) -> tuple[str, Finished]:

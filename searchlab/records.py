@@ -16,19 +16,20 @@ runs the same code as a new one, with those trials replayed instead of trained.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from searchlab.callbacks import TrialEnd
-from searchlab.coarse import CoarseTrial
+from searchlab.config import Config, config_from_yaml
 from searchlab.console import format_params
 from searchlab.errors import ConfigError
-from searchlab.fine import COARSE_WINNER, FineTrial
 from searchlab.metrics import Scoring
 from searchlab.space import Space, parse_value
 from searchlab.tracking import StoredRun, Tracker
+from searchlab.trials import COARSE_WINNER, CoarseTrial, FineTrial
 
 RUN_TAG = "searchlab.run"  # search, stage or trial
 STAGE_TAG = "searchlab.stage"  # coarse or fine
@@ -79,6 +80,16 @@ def find_search(tracker: Tracker, which: str) -> str:
     if run.status == "FINISHED":
         raise ConfigError(f"resume: search {run.run_id} already finished; nothing to resume.")
     return run.run_id
+
+
+def resumed_config(config: Config) -> Config:
+    """The configuration the search named by `config.resume` started with (its `config.yaml`), with this
+    invocation's verbosity and tracking settings."""
+    assert config.resume
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    run_id = find_search(tracker, config.resume)
+    stored = config_from_yaml(tracker.read_text(run_id, "config.yaml"))
+    return dataclasses.replace(stored, resume=run_id, verbose=config.verbose, tracking=config.tracking)
 
 
 def open_stage(tracker: Tracker, parent: str, stage: str, finished: Finished) -> str:

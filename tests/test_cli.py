@@ -53,6 +53,14 @@ def run_cli(*overrides: str, timeout: float = 180, env: dict[str, str] | None = 
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
+def without_tensorflow(tmp_path: Path) -> dict[str, str]:
+    """An environment whose `tensorflow` package fails on import: a refusal must come before TensorFlow loads."""
+    poison = tmp_path / "poison" / "tensorflow"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text('raise ImportError("tensorflow was imported before the input was checked")\n')
+    return {"PYTHONPATH": str(poison.parent)}
+
+
 def store(tmp_path: Path) -> tuple[Path, str]:
     """Where a store in tmp_path would be (not created), and the override that points the CLI at it."""
     db = tmp_path / "mlruns" / "mlflow.db"
@@ -213,12 +221,9 @@ def test_bad_data_message_names_the_file_or_column(tmp_path: Path,
 def test_bad_data_is_refused_before_tensorflow_loads(tmp_path: Path) -> None:
     """A missing CSV file stops with a one-paragraph message naming it; TensorFlow is never imported (a
     `tensorflow` package that fails on import is first on the path)."""
-    poison = tmp_path / "poison" / "tensorflow"
-    poison.mkdir(parents=True)
-    (poison / "__init__.py").write_text('raise ImportError("tensorflow was imported before the data was checked")\n')
     overrides, expected = _missing_file(tmp_path)
     db, uri = store(tmp_path)
-    outcome = run_cli(*BASE, uri, "dataset=csv", *overrides, env={"PYTHONPATH": str(poison.parent)})
+    outcome = run_cli(*BASE, uri, "dataset=csv", *overrides, env=without_tensorflow(tmp_path))
     assert_refused(outcome, expected, db)
     assert_one_paragraph(outcome)
 
@@ -226,10 +231,10 @@ def test_bad_data_is_refused_before_tensorflow_loads(tmp_path: Path) -> None:
 # -- resume and --cfg -------------------------------------------------------------------------
 
 
-def test_resume_last_on_empty_store(tmp_path: Path) -> None:
+def test_resume_last_on_empty_store_is_refused_before_tensorflow_loads(tmp_path: Path) -> None:
     uri = empty_store_uri(tmp_path / "mlruns")
     db, uri = Path(uri.removeprefix("sqlite:///")), f"tracking.uri={uri}"
-    outcome = run_cli("resume=last", "verbose=0", uri)
+    outcome = run_cli("resume=last", "verbose=0", uri, env=without_tensorflow(tmp_path))
     assert outcome.returncode == 2, outcome.text
     assert "resume=last" in outcome.stderr and "no search to resume" in outcome.stderr, outcome.text
     assert TRACEBACK not in outcome.text

@@ -17,11 +17,12 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.model_selection import KFold, StratifiedKFold, check_cv
 
 from searchlab import coarse
-from searchlab.coarse import CoarseTrial, SearchlabClassifier, SearchlabRegressor, make_cv, make_estimator, run_coarse
+from searchlab.coarse import SearchlabClassifier, SearchlabRegressor, make_cv, make_estimator, run_coarse
 from searchlab.config import Config
 from searchlab.context import SearchContext
 from searchlab.data import Dataset, load_dataset
 from searchlab.metrics import scoring_for
+from searchlab.trials import CoarseTrial
 from tests.conftest import stage_inputs
 
 MakeConfig = Callable[..., Config]

@@ -17,9 +17,10 @@ from joblib.externals.loky.process_executor import ShutdownExecutorError
 
 from searchlab.config import Config
 from searchlab.context import SearchContext
-from searchlab.fine import COARSE_WINNER, FineResult, FineTrial, TrialPool, confirm, edge_values, run_fine
+from searchlab.fine import FineResult, TrialPool, confirm, edge_values, run_fine
 from searchlab.narrow import Decision, FineSpace, Influence
 from searchlab.space import Param, grid_size
+from searchlab.trials import COARSE_WINNER, FineTrial
 from tests.conftest import stage_inputs
 
 LAYERS = Param("layers", "int", 1.0, 2.0)

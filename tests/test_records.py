@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from searchlab import records
-from searchlab.coarse import CoarseTrial
 from searchlab.config import compose
 from searchlab.errors import ConfigError
-from searchlab.fine import COARSE_WINNER, FineTrial
 from searchlab.metrics import SCORINGS
 from searchlab.records import Finished
 from searchlab.tracking import Tracker
+from searchlab.trials import COARSE_WINNER, CoarseTrial, FineTrial
 
 ACCURACY = SCORINGS["accuracy"]
 

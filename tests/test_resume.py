@@ -17,7 +17,7 @@ from searchlab import pipeline
 from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
 from searchlab.errors import SearchInterrupted
-from searchlab.records import RUN_TAG, STAGE_TAG, fine_label
+from searchlab.records import RUN_TAG, STAGE_TAG, fine_label, resumed_config
 from tests.conftest import TINY, Store, grid_size, new_store
 
 pytestmark = pytest.mark.slow
@@ -82,10 +82,10 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
     after_coarse_stop = snapshot()
     second = InterruptAfter("fine", 1)
     with pytest.raises(SearchInterrupted):
-        pipeline.run(pipeline.resumed_config(compose(*overrides, "resume=last")), callbacks=[second])
+        pipeline.run(resumed_config(compose(*overrides, "resume=last")), callbacks=[second])
     after_fine_stop = snapshot()
     last = InterruptAfter("none", 0)
-    result = pipeline.run(pipeline.resumed_config(compose(*overrides, "resume=last")), callbacks=[last])
+    result = pipeline.run(resumed_config(compose(*overrides, "resume=last")), callbacks=[last])
     return Resumed(store, interrupted.value.run_id, str(interrupted.value), after_coarse_stop, after_fine_stop,
                    second, last, result)
 

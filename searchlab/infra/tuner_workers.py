@@ -32,7 +32,8 @@ from searchlab.errors import ConfigError, SearchlabError
 from searchlab.infra.processes import end_group, tf_thread_env, threads_per_worker
 
 if TYPE_CHECKING:
-    from searchlab.fine import FineSearch, FineTrial
+    from searchlab.fine import FineSearch
+    from searchlab.trials import FineTrial
 
 # TensorFlow (with keras_tuner, searchlab.fine) loads inside the functions: a worker first sends
 # TensorFlow's native start-up chatter to /dev/null, as the `searchlab` command does.

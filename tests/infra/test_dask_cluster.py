@@ -27,7 +27,7 @@ import pytest
 from distributed import Client
 
 from searchlab import pipeline
-from searchlab.coarse import CoarseResult, CoarseTrial, run_coarse
+from searchlab.coarse import CoarseResult, run_coarse
 from searchlab.config import Config, DaskConfig, compose
 from searchlab.context import SearchContext
 from searchlab.data import load_dataset
@@ -35,6 +35,7 @@ from searchlab.errors import ConfigError
 from searchlab.infra.processes import tf_thread_env
 from searchlab.infra.tracking_server import free_port
 from searchlab.metrics import scoring_for
+from searchlab.trials import CoarseTrial
 from tests.conftest import new_store
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

@@ -31,10 +31,10 @@ from mlflow.entities import Run
 from searchlab import pipeline
 from searchlab.config import compose
 from searchlab.errors import SearchInterrupted
-from searchlab.fine import EDGE_PREFIX
 from searchlab.infra.tracking_server import free_port
 from searchlab.records import RUN_TAG, STAGE_TAG, TRIAL_ID_TAG, WORKER_TAG, read_fine_trials
 from searchlab.tracking import Tracker
+from searchlab.trials import EDGE_PREFIX
 from tests.conftest import Store, grid_size, new_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
