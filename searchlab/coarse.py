@@ -1,8 +1,9 @@
 """Coarse stage: scikit-learn `RandomizedSearchCV` over a SciKeras wrapper.
 
-Candidates are sampled exactly as `RandomizedSearchCV` samples them and evaluated
-in small batches, so each finished candidate is reported (tracked, printed) as
-soon as its folds are done instead of at the very end.
+Candidates are sampled as `RandomizedSearchCV` samples them, with the choices stratified (each
+value as often as the others, `space.stratify_choices`), and evaluated in small batches, so each
+finished candidate is reported (tracked, printed) as soon as its folds are done instead of at the
+very end.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring, scorer
 from searchlab.model import diverged, fit_model, mean_curves, split_hyperparameters, training_callbacks
 from searchlab.scaling import FeatureScaler
-from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space
+from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space, stratify_choices
 from searchlab.trials import CoarseTrial
 
 
@@ -352,7 +353,10 @@ class _StreamingSearch(RandomizedSearchCV):
 
     def _run_search(self, evaluate_candidates: Callable[[Iterable[dict[str, Any]]], dict[str, Any]]) -> None:
         # `_run_search` is how scikit-learn's BaseSearchCV subclasses choose their candidates.
-        sampled = ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state)
+        # Numbers as `RandomizedSearchCV` draws them; choices stratified, so each value has as many candidates.
+        sampled = stratify_choices(list(ParameterSampler(self.param_distributions, self.n_iter,
+                                                         random_state=self.random_state)),
+                                   self.param_distributions, self.random_state)
         # The candidate number travels with the parameters so each fold's curves can be matched to it.
         candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)
                       if number in self.numbers]

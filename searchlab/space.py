@@ -162,6 +162,24 @@ def grid_size(space: Space, points: int) -> int:
     return math.prod(len(param.grid(points)) for param in space.values())
 
 
+def stratify_choices(candidates: list[dict[str, Any]], distributions: Mapping[str, Any],
+                     seed: int) -> list[dict[str, Any]]:
+    """`candidates` with each choice (a list of 2 or more values in `distributions`) drawn again, stratified:
+    every value comes up equally often (those that get one more, when the values do not divide the candidates,
+    at random), in a random order. Drawn independently, one of three values comes up 3 times or fewer among 20
+    candidates in 18% of searches (4 or fewer in 44%): too few to tell whether it helps."""
+    rng = np.random.default_rng(seed)
+    stratified = [dict(candidate) for candidate in candidates]
+    for key in sorted(distributions):
+        values = distributions[key]
+        if not isinstance(values, list) or len(values) < 2:
+            continue
+        drawn = rng.permutation(np.resize(rng.permutation(len(values)), len(stratified)))
+        for candidate, index in zip(stratified, drawn, strict=True):
+            candidate[key] = values[index]
+    return stratified
+
+
 def space_as_dict(space: Space) -> dict[str, dict[str, Any]]:
     """A plain, YAML-friendly view of a space."""
     return {name: param.as_dict() for name, param in space.items()}

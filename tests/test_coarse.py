@@ -1,4 +1,4 @@
-"""The coarse stage: stratified shuffled folds, and `run_coarse` on tiny data.
+"""The coarse stage: stratified shuffled folds, stratified choices, and `run_coarse` on tiny data.
 
 SciKeras 0.13 defines no scikit-learn >= 1.6 tags, so `is_classifier` is False for its wrappers and `cv=int`
 silently becomes an unshuffled, unstratified KFold: the tests on folds fail if `SearchlabClassifier` /
@@ -7,10 +7,13 @@ silently becomes an unshuffled, unstratified KFold: the tests on folds fail if `
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from joblib.externals.loky import reusable_executor
 from scikeras.wrappers import KerasClassifier
 from sklearn.base import is_classifier, is_regressor
@@ -22,6 +25,7 @@ from searchlab.config import Config
 from searchlab.context import SearchContext
 from searchlab.data import Dataset, load_dataset
 from searchlab.metrics import scoring_for
+from searchlab.space import stratify_choices
 from searchlab.trials import CoarseTrial
 from tests.conftest import stage_inputs
 
@@ -240,3 +244,18 @@ def test_coarse_fits_train_at_most_the_coarse_epoch_cap() -> None:
                                "model.patience=8")
     result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
     assert all(t.ok and len(t.curves["loss"]) == 2 for t in result.trials), [t.curves.get("loss") for t in result.trials]
+
+
+@given(n=st.integers(1, 40), k=st.integers(2, 5), seed=st.integers(0, 2**32 - 1))
+def test_every_choice_comes_up_equally_often_and_numbers_are_kept(n: int, k: int, seed: int) -> None:
+    values = [f"v{i}" for i in range(k)]
+    distributions = {"choice": values, "fixed": ["only"], "number": object()}
+    rng = np.random.default_rng(seed)
+    candidates = [{"choice": values[0], "fixed": "only", "number": float(x)} for x in rng.random(n)]
+    stratified = stratify_choices(candidates, distributions, seed)
+    counts = Counter(c["choice"] for c in stratified)
+    assert set(counts) <= set(values) and max(counts.values()) - min(counts.get(v, 0) for v in values) <= 1
+    assert [c["number"] for c in stratified] == [c["number"] for c in candidates]  # numbers as sampled
+    assert all(c["fixed"] == "only" for c in stratified)
+    assert stratified == stratify_choices(candidates, distributions, seed)  # the same seed, the same candidates
+    assert candidates[0]["choice"] == values[0]  # the input is left as it was

@@ -141,7 +141,7 @@ def test_coarse_estimator_scales_as_its_scaling_parameter_says(make_config: Call
 def test_searched_scaling_trains_every_kind(tmp_path: Path) -> None:
     """With `scaling` searched, coarse candidates and fine trials train with every kind (piecewise widens the
     network's input), and the final model scales its raw inputs as its `scaling` says."""
-    config, ctx = stage_inputs("dataset.generator=moons", "search.coarse.n_iter=6", "search.coarse.n_jobs=1",
+    config, ctx = stage_inputs("dataset.generator=moons", "search.coarse.n_iter=3", "search.coarse.n_jobs=1",
                                "model.epochs=2")
     space = {"scaling": Param("scaling", "choice", values=SCALINGS), "units": Param("units", "int", 8.0, 16.0)}
     coarse = run_coarse(ctx, space, config.search.coarse)
