@@ -69,10 +69,11 @@ def search(X: Any = None, y: Any = None, overrides: Sequence[str] = ()) -> Found
                           "drop one (dataset.task and dataset.test_size still apply to X and y).")
     config = compose(*overrides, *(["dataset=arrays"] if given else []))
     from searchlab import pipeline  # TensorFlow loads here, once the configuration is known good
+    from searchlab.model import determinism_as_found
     from searchlab.records import resumed_config
 
     try:
-        with quiet_libraries(config.verbose):
+        with quiet_libraries(config.verbose), determinism_as_found():
             if config.resume:
                 config = resumed_config(config)
             if given and not isinstance(config.dataset, ArraysConfig):

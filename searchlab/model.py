@@ -233,8 +233,19 @@ def deterministic(seed: int) -> Iterator[None]:
     from tensorflow.python.framework import config as tf_config  # the only place TF tells whether it is on
 
     keras.utils.set_random_seed(seed)
+    with determinism_as_found():
+        tf_config.enable_op_determinism()
+        yield
+
+
+@contextmanager
+def determinism_as_found() -> Iterator[None]:
+    """On exit, TensorFlow's op determinism off again if it was off on entry. A Ctrl-C that lands between a fit's
+    switching it on and off (here or in SciKeras) would leave it on, and every unseeded random op after it
+    failing: a notebook's next Keras model among them."""
+    from tensorflow.python.framework import config as tf_config
+
     was_on = tf_config.is_op_determinism_enabled()
-    tf_config.enable_op_determinism()
     try:
         yield
     finally:

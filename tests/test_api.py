@@ -69,11 +69,15 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     the example residual builder on a DataFrame, runs to the end in the same process."""
     X, y = make_classification(200, 8, n_informative=4, random_state=0)
     frame, target = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)]), pd.Series(y, name="label")
-    left_as_it_was = lambda: (list(sys.argv), os.getcwd(), list(sys.path), logging.getLogger("mlflow").level)  # noqa: E731
+    from tensorflow.python.framework import config as tf_config  # whether op determinism is on (a fit turns it on)
+
+    left_as_it_was = lambda: (list(sys.argv), os.getcwd(), list(sys.path), logging.getLogger("mlflow").level,  # noqa: E731
+                              tf_config.is_op_determinism_enabled())
     before = left_as_it_was()
     with pytest.raises(KeyboardInterrupt, match=r"ended as KILLED\. Resume it with searchlab.search\(X, y, "):
         searchlab.search(X, y, [*OVERRIDES, f"tracking.uri={store_uri}", "model=custom",
                                 "model.builder=tests.custom_builders:presses_ctrl_c"])
+    assert left_as_it_was() == before
     client = MlflowClient(store_uri)
     experiment = client.get_experiment_by_name("searchlab").experiment_id
     interrupted = client.search_runs([experiment])
