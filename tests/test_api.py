@@ -24,7 +24,8 @@ from tests.conftest import TINY
 #: TINY without its data set (X and y are given), shorter fits, one or two residual blocks (the example builder's own
 #: hyperparameter) and one hyperparameter tuned in the fine stage.
 OVERRIDES = [o for o in TINY if not o.startswith("dataset")] + [
-    "model.epochs=5", "+search.coarse.space.blocks={type:int,low:1,high:2}", "search.fine.max_params=1"]
+    "model.epochs=5", "search.coarse.n_iter=3", "+search.coarse.space.blocks={type:int,low:1,high:2}",
+    "search.fine.max_params=1"]
 
 
 def test_tensorflow_loads_when_a_search_starts_not_at_import() -> None:

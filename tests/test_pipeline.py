@@ -188,7 +188,7 @@ def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult
 def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
     """Also searched on average precision with balanced class weights: a metric Keras lacks, watched by early
     stopping in every stage, reported first, with the minority class and the ROC/PR curves."""
-    result = pipeline.run(compose(*TINY, "dataset.generator=moons", "search/fine=hyperband",
+    result = pipeline.run(compose(*TINY, "search.coarse.n_iter=3", "dataset.generator=moons", "search/fine=hyperband",
                                   "search.fine.max_epochs=3", "search.fine.factor=3", f"tracking.uri={store_uri}",
                                   "search.coarse.scoring=average_precision", "model.class_weight=balanced"))
     assert result.data.task == "binary"
@@ -214,15 +214,15 @@ def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> Non
     candidate then "succeeds" at chance level; at 1e30 the weights overflow to inf/NaN at once.
     """
     store = new_store(tmp_path)
-    config = compose(*TINY, f"tracking.uri={store.uri}", "search.coarse.space.learning_rate.low=1e30",
+    config = compose(*TINY, f"tracking.uri={store.uri}", "search.coarse.n_iter=2", "search.coarse.space.learning_rate.low=1e30",
                             "search.coarse.space.learning_rate.high=1e35", "search.coarse.space.optimizer.values=[sgd]")
-    with pytest.raises(StageFailedError, match="all 4 coarse candidates failed"):
+    with pytest.raises(StageFailedError, match="all 2 coarse candidates failed"):
         pipeline.run(config)
     roles = {(r.data.tags.get(RUN_TAG), r.data.tags.get(STAGE_TAG)): r.info.status for r in store.runs()
              if r.data.tags.get(RUN_TAG) != "trial"}
     assert roles == {("search", None): "FAILED", ("stage", "coarse"): "FAILED"}
     trials = store.runs(f"tags.`{RUN_TAG}` = 'trial'")
-    assert len(trials) == 4 and {r.info.status for r in trials} == {"FAILED"}
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FAILED"}
     assert all("searchlab.error" in r.data.tags for r in trials)
 
 
