@@ -67,7 +67,11 @@ def test_mistakes_in_the_call_are_named(X: object, y: object, overrides: list[st
 @pytest.mark.slow
 def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupted_search(store_uri: str) -> None:
     """Ctrl-C in the first search ends its runs KILLED and leaves the interpreter usable: the second search, with
-    the example residual builder on a DataFrame, runs to the end in the same process."""
+    the example residual builder on a DataFrame, runs to the end in the same process.
+
+    The second search is also the suite's binary search with a Hyperband fine stage, searched on average
+    precision with balanced class weights: a metric Keras lacks, watched by early stopping in every stage,
+    reported first, with the minority class and the ROC/PR curves."""
     X, y = make_classification(200, 8, n_informative=4, random_state=0)
     frame, target = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)]), pd.Series(y, name="label")
     from tensorflow.python.framework import config as tf_config  # whether op determinism is on (a fit turns it on)
@@ -85,13 +89,24 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     assert interrupted and {run.info.status for run in interrupted} == {"KILLED"}
 
     found = searchlab.search(frame, target, [*OVERRIDES, f"tracking.uri={store_uri}", "model=custom",
-                                             "model.builder=examples.residual_mlp:build_residual_mlp"])
+                                             "model.builder=examples.residual_mlp:build_residual_mlp",
+                                             "search/fine=hyperband", "search.fine.max_epochs=3", "search.fine.factor=3",
+                                             "search.coarse.scoring=average_precision", "model.class_weight=balanced"])
     assert left_as_it_was() == before
     assert set(found.best_params) == {"units", "blocks", "dropout", "activation", "learning_rate", "optimizer",
                                       "batch_size", "epochs", "scaling"}  # layers, l1, l2, noise: it takes none
     assert found.best_params["blocks"] in (1, 2)
+    assert list(found.test_metrics)[0] == "average_precision"
     assert set(found.test_metrics) == {"accuracy", "balanced_accuracy", "f1", "log_loss", "roc_auc",
                                        "average_precision"}
+    assert found.test_metrics["roc_auc"] > 0.5
+    result = found.result
+    assert result.data.task == "binary"
+    assert len(result.fine.trials) >= 3 and all(t.ok for t in result.fine.trials)
+    assert all(set(t.tuned) == set(result.fine_space.tuned) for t in result.fine.trials)
+    assert all("val_average_precision" in t.curves for t in (*result.coarse.trials, *result.fine.all_trials))
+    assert "| **average_precision** (searched) |" in found.summary
+    assert "class:** '" in found.summary  # the positive or minority class, with its recall and precision
     assert found.url.endswith(f"/runs/{found.run_id}") and found.run_id in repr(found)
     assert "residual_mlp" in [layer.name for layer in found.model.layers]
     probabilities = found.model.predict(X[:5], verbose=0)  # raw features in, probabilities out
@@ -104,3 +119,4 @@ def test_a_notebook_searches_its_own_network_on_its_own_data_after_an_interrupte
     trials = client.search_runs([experiment], f"tags.`{RUN_TAG}` = 'trial' and tags.`mlflow.parentRunId` != ''")
     fine = [t for t in trials if t.data.tags.get("searchlab.stage") == "fine" and t.info.status == "FINISHED"]
     assert fine  # trained in the fine stage's worker process, which imported the builder by its path
+    assert "plots/roc_pr_test.png" in {a.path for a in client.list_artifacts(found.run_id, "plots")}

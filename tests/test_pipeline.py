@@ -1,5 +1,6 @@
 """Whole searches, in-process on real data with real Keras and a real SQLite store: the run tree, the model,
-the plots, the callbacks, a failed stage, and an interrupted search resumed."""
+the plots, the callbacks, a failed stage (the binary search with Hyperband: tests/test_api.py; an interrupted
+search resumed: tests/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
 from searchlab.errors import ConfigError, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
-from tests.conftest import TINY, Store, new_store
+from tests.conftest import TINY, new_store
 
 pytestmark = pytest.mark.slow
 
@@ -183,28 +184,6 @@ def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult
     assert rescored == {("coarse-winner" if t.trial_id == "coarse-winner" else f"fine-{t.trial_id}"): t.confirmed_score
                         for t in result.fine.all_trials if t.confirm_scores}
     assert len(rescored) == 2 and result.fine.best.confirm_scores
-
-
-def test_a_binary_search_with_a_hyperband_fine_stage(store_uri: str) -> None:
-    """Also searched on average precision with balanced class weights: a metric Keras lacks, watched by early
-    stopping in every stage, reported first, with the minority class and the ROC/PR curves."""
-    result = pipeline.run(compose(*TINY, "search.coarse.n_iter=3", "dataset.generator=moons", "search/fine=hyperband",
-                                  "search.fine.max_epochs=3", "search.fine.factor=3", f"tracking.uri={store_uri}",
-                                  "search.coarse.scoring=average_precision", "model.class_weight=balanced"))
-    assert result.data.task == "binary"
-    assert list(result.final.test_metrics)[0] == "average_precision"
-    assert set(result.final.test_metrics) == {"accuracy", "log_loss", "balanced_accuracy", "f1", "roc_auc",
-                                              "average_precision"}
-    assert len(result.fine.trials) >= 3 and all(t.ok for t in result.fine.trials)
-    assert all(set(t.tuned) == set(result.fine_space.tuned) for t in result.fine.trials)
-    assert all("val_average_precision" in t.curves for t in (*result.coarse.trials, *result.fine.all_trials))
-    assert result.final.test_metrics["roc_auc"] > 0.5
-    summary = result.summary()
-    assert "| **average_precision** (searched) |" in summary
-    assert "- **Positive class:** '1' (20 of 40 test rows)" in summary  # moons: both classes as common
-    store = Store(store_uri, MlflowClient(store_uri), result.experiment_id)
-    assert {r.info.status for r in store.runs()} == {"FINISHED"}
-    assert "plots/roc_pr_test.png" in {a.path for a in store.client.list_artifacts(result.run_id, "plots")}
 
 
 def test_a_stage_where_every_trial_fails_fails_the_search(tmp_path: Path) -> None:
