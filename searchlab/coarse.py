@@ -46,10 +46,42 @@ from searchlab.trials import CoarseTrial
 
 
 @dataclass(frozen=True)
+class PairedChoice:
+    """A choice decided by a paired comparison: the coarse winner cross-validated with each value on the same
+    folds (other than the sampled candidates': the winner's score there is the best of many, so biased up)."""
+
+    name: str
+    trials: dict[str, CoarseTrial]  # value -> the winner cross-validated with it
+
+    @property
+    def chosen(self) -> Any:
+        """The value with the best mean score (the first listed on a tie)."""
+        ok = [(value, trial) for value, trial in self.trials.items() if trial.ok]
+        return max(ok, key=lambda item: item[1].mean_score)[0] if ok else None
+
+    def explain(self, scoring: Scoring) -> str:
+        """One line: each value's mean CV score and spread over the folds, the chosen first."""
+        chosen = self.chosen
+        order = sorted(self.trials, key=lambda value: value != chosen)
+        shown = ", ".join(f"{value} {scoring.to_metric(trial.mean_score):.4f} ± {trial.std_score:.4f}" if trial.ok
+                          else f"{value} failed" for value in order for trial in [self.trials[value]])
+        return (f"{self.name}: fixed at {chosen}, by a paired comparison on the coarse winner (the same "
+                f"{len(self.trials[chosen].fold_scores)} folds for each value; mean CV {scoring.display_name}): "
+                f"{shown}")
+
+
+@dataclass(frozen=True)
 class CoarseResult:
-    trials: tuple[CoarseTrial, ...]
+    trials: tuple[CoarseTrial, ...]  # the sampled candidates, then the paired comparisons' (numbered on)
     space: dict[str, Param]
     scoring: Scoring
+    n_sampled: int  # how many of `trials` (the first) were sampled from `space`
+    paired: tuple[PairedChoice, ...] = ()
+
+    @property
+    def sampled(self) -> list[CoarseTrial]:
+        """The candidates sampled from `space` (what the narrowing learns from)."""
+        return list(self.trials[:self.n_sampled])
 
     @property
     def completed(self) -> list[CoarseTrial]:
@@ -57,7 +89,11 @@ class CoarseResult:
 
     @property
     def best(self) -> CoarseTrial:
-        return max(self.completed, key=lambda t: t.mean_score)
+        """The coarse winner: the best sampled candidate, with the paired comparisons' choices when made."""
+        decided = [choice for choice in self.paired if choice.chosen is not None]
+        if decided:
+            return decided[-1].trials[decided[-1].chosen]
+        return max((t for t in self.sampled if t.ok), key=lambda t: t.mean_score)
 
 
 class _TrackedFit:
@@ -222,17 +258,20 @@ def run_coarse(
     space: Space,
     settings: CoarseConfig,
     *,
+    paired: Mapping[str, Param] | None = None,
     on_trial: Callable[[CoarseTrial], None] | None = None,
     finished: Mapping[int, CoarseTrial] | None = None,
     dask: DaskConfig | None = None,
 ) -> CoarseResult:
-    """Cross-validate `settings.n_iter` random candidates from `space`.
+    """Cross-validate `settings.n_iter` random candidates from `space`; then, for each choice in `paired` in turn,
+    the winner so far with each of the choice's values, on other folds than the sampled candidates'.
 
     Hyperparameters outside `space` keep their defaults (`ctx.defaults`); a fit trains at most `settings.epochs`
     epochs (low fidelity: enough to rank candidates), or `ctx.model.epochs`. The fits run in `settings.n_jobs`
     local worker processes, or on the Dask cluster `dask` describes.
 
     Args:
+        paired: choices (not in `space`) decided on the winner by a paired comparison, in order.
         on_trial: called with each newly finished candidate, in candidate order.
         finished: candidates already evaluated, by number (read back from the store when resuming): reused,
             not trained again.
@@ -240,44 +279,87 @@ def run_coarse(
     Raises:
         ConfigError: the Dask cluster cannot be used (see `searchlab.infra.dask_cluster.dask_backend`).
     """
-    finished = dict(finished or {})
-    cv = make_cv(ctx.data, settings.cv, ctx.seed)
-    trials: list[CoarseTrial] = list(finished.values())
-    candidate_key = _net_prefix(ctx.data) + "model__candidate"
-    X, y = ctx.data.X_train, ctx.data.y_train
-    fold_keys = [_fold_key(X[test]) for _, test in cv.split(X, y)]
+    paired = dict(paired or {})
     estimator = make_estimator(ctx, {"epochs": settings.epochs} if settings.epochs else None)
-    with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir:
+    with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir, \
+            _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
+        silence_fit_warnings()
+        evaluate = _Evaluator(ctx, estimator, {**space, **paired}, settings, history_dir, workers, recycle,
+                              on_trial, dict(finished or {}))
+        trials = evaluate(dict(enumerate(sample_candidates(space, settings.n_iter, sampler_seed(settings, ctx.seed),
+                                                           ctx.data))), make_cv(ctx.data, settings.cv, ctx.seed))
+        decided: list[PairedChoice] = []
+        paired_cv = make_cv(ctx.data, settings.cv, ctx.seed + 1)
+        winner = max((t for t in trials if t.ok), key=lambda t: t.mean_score, default=None)
+        for name, param in paired.items():
+            if winner is None:
+                break
+            values = [winner.params.get(name, ctx.defaults[name])] if decided else []
+            values += [v for v in param.values if v not in values]
+            reused = {values[0]: winner} if decided else {}
+            candidates = {len(trials) + i: {**winner.params, name: v}
+                          for i, v in enumerate(v for v in values if v not in reused)}
+            found = evaluate(candidates, paired_cv)
+            trials += found
+            decided.append(PairedChoice(name, reused | {t.params[name]: t for t in found}))
+            winner = decided[-1].trials.get(decided[-1].chosen)
+    return CoarseResult(tuple(trials), dict(space), ctx.scoring, settings.n_iter, tuple(decided))
 
-        def report(candidates: list[dict[str, Any]], results: dict[str, Any], started: float) -> None:
-            for offset, candidate in enumerate(candidates):
-                row = len(results["params"]) - len(candidates) + offset
+
+def sample_candidates(space: Space, n_iter: int, seed: int, data: Dataset) -> list[dict[str, Any]]:
+    """`n_iter` candidates (values by name) as `RandomizedSearchCV` draws them from `space`, with the choices
+    stratified: each value of a choice on as many candidates as the others (`space.stratify_choices`)."""
+    distributions = {param_key(data, name): p.distribution() for name, p in space.items()}
+    drawn = stratify_choices(list(ParameterSampler(distributions, n_iter, random_state=seed)), distributions, seed)
+    return [{key.rsplit("__", 1)[-1]: value for key, value in candidate.items()} for candidate in drawn]
+
+
+class _Evaluator:
+    """Cross-validates numbered candidates through `_StreamingSearch` on `workers` fit processes (replaced every
+    so often if `recycle`), reporting each as it finishes and reusing those already `finished`."""
+
+    def __init__(self, ctx: SearchContext, estimator: Any, space: Space, settings: CoarseConfig, history_dir: str,
+                 workers: int, recycle: bool, on_trial: Callable[[CoarseTrial], None] | None,
+                 finished: dict[int, CoarseTrial]) -> None:
+        self.ctx, self.estimator, self.space, self.settings = ctx, estimator, space, settings
+        self.history_dir, self.workers, self.recycle = history_dir, workers, recycle
+        self.on_trial, self.finished = on_trial, finished
+
+    def __call__(self, candidates: dict[int, dict[str, Any]], cv: Any) -> list[CoarseTrial]:
+        """The candidates' trials, in number order: values by hyperparameter name, by candidate number."""
+        ctx, settings = self.ctx, self.settings
+        candidate_key = _net_prefix(ctx.data) + "model__candidate"
+        X, y = ctx.data.X_train, ctx.data.y_train
+        fold_keys = [_fold_key(X[test]) for _, test in cv.split(X, y)]
+        done = {n: self.finished[n] for n in candidates if n in self.finished}
+
+        def report(batch: list[dict[str, Any]], results: dict[str, Any], started: float) -> None:
+            for offset, candidate in enumerate(batch):
+                row = len(results["params"]) - len(batch) + offset
                 number = candidate[candidate_key]
-                params = {name: space[name].cast(value) for key, value in candidate.items() if key != candidate_key
-                          for name in [key.rsplit("__", 1)[-1]]}
+                params = {name: self.space[name].cast(value) for key, value in candidate.items()
+                          if key != candidate_key for name in [key.rsplit("__", 1)[-1]]}
                 scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
-                trial = _make_trial(number, params, scores, Path(history_dir), fold_keys, started)
-                trials.append(trial)
-                if on_trial is not None:
-                    on_trial(trial)
+                trial = _make_trial(number, params, scores, Path(self.history_dir), fold_keys, started)
+                done[number] = trial
+                if self.on_trial is not None:
+                    self.on_trial(trial)
 
-        pending = [number for number in range(settings.n_iter) if number not in finished]
-        with _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
-            silence_fit_warnings()
-            # Several `fit` calls, each over a slice of the candidates, so local worker processes can be
-            # replaced in between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
-            per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if recycle else max(1, len(pending))
-            for start in range(0, len(pending), per_slice):
-                if start:
-                    end_fit_workers(kill=False)
-                search = _StreamingSearch(
-                    estimator, {param_key(ctx.data, name): p.distribution() for name, p in space.items()},
-                    numbers=frozenset(pending[start:start + per_slice]), batch_size=workers,
-                    candidate_key=candidate_key, report=report, n_iter=settings.n_iter,
-                    scoring=_HistoryScorer(ctx.scoring, history_dir), cv=cv, n_jobs=settings.n_jobs,
-                    random_state=sampler_seed(settings, ctx.seed), refit=False, error_score=np.nan)
-                search.fit(X, y)
-    return CoarseResult(tuple(sorted(trials, key=lambda t: t.number)), dict(space), ctx.scoring)
+        pending = [{**{param_key(ctx.data, name): value for name, value in values.items()}, candidate_key: number}
+                   for number, values in candidates.items() if number not in done]
+        # Several `fit` calls, each over a slice of the candidates, so local worker processes can be replaced in
+        # between: TensorFlow keeps a few MiB per trained model that no clear_session frees.
+        workers = self.workers
+        per_slice = max(workers, _FITS_PER_WORKER * workers // settings.cv) if self.recycle else max(1, len(pending))
+        for start in range(0, len(pending), per_slice):
+            if start:
+                end_fit_workers(kill=False)
+            _StreamingSearch(
+                self.estimator, {param_key(ctx.data, name): p.distribution() for name, p in self.space.items()},
+                candidates=pending[start:start + per_slice], batch_size=workers, report=report,
+                n_iter=len(pending[start:start + per_slice]), scoring=_HistoryScorer(ctx.scoring, self.history_dir),
+                cv=cv, n_jobs=settings.n_jobs, refit=False, error_score=np.nan).fit(X, y)
+        return [done[n] for n in sorted(done)]
 
 
 @contextmanager
@@ -326,22 +408,21 @@ _FITS_PER_WORKER = 30  # fits a joblib worker runs before it is replaced (~5 MiB
 
 
 class _StreamingSearch(RandomizedSearchCV):
-    """`RandomizedSearchCV` that evaluates some of its candidates, a batch at a time, and reports each batch.
+    """`RandomizedSearchCV` that evaluates given candidates (drawn as it draws them, by `run_coarse`), a batch at a
+    time, and reports each batch.
 
     Args (beyond `RandomizedSearchCV`'s):
-        numbers: the candidates (by number in sampling order) this `fit` evaluates.
+        candidates: the estimator parameters of each candidate this `fit` evaluates.
         batch_size: candidates evaluated at once (as many as fits run in parallel).
-        candidate_key: the estimator parameter that carries a candidate's number into its fits.
         report: called with each batch's candidates, the search's results so far, and the batch's start time.
     """
 
-    def __init__(self, estimator: Any, param_distributions: dict[str, Any], *, numbers: frozenset[int],
-                 batch_size: int, candidate_key: str,
-                 report: Callable[[list[dict[str, Any]], dict[str, Any], float], None], **kwargs: Any) -> None:
+    def __init__(self, estimator: Any, param_distributions: dict[str, Any], *, candidates: list[dict[str, Any]],
+                 batch_size: int, report: Callable[[list[dict[str, Any]], dict[str, Any], float], None],
+                 **kwargs: Any) -> None:
         super().__init__(estimator, param_distributions, **kwargs)
-        self.numbers = numbers
+        self.candidates = candidates
         self.batch_size = batch_size
-        self.candidate_key = candidate_key
         self.report = report
 
     def __getstate__(self) -> dict[str, Any]:
@@ -353,15 +434,8 @@ class _StreamingSearch(RandomizedSearchCV):
 
     def _run_search(self, evaluate_candidates: Callable[[Iterable[dict[str, Any]]], dict[str, Any]]) -> None:
         # `_run_search` is how scikit-learn's BaseSearchCV subclasses choose their candidates.
-        # Numbers as `RandomizedSearchCV` draws them; choices stratified, so each value has as many candidates.
-        sampled = stratify_choices(list(ParameterSampler(self.param_distributions, self.n_iter,
-                                                         random_state=self.random_state)),
-                                   self.param_distributions, self.random_state)
-        # The candidate number travels with the parameters so each fold's curves can be matched to it.
-        candidates = [{**params, self.candidate_key: number} for number, params in enumerate(sampled)
-                      if number in self.numbers]
-        for start in range(0, len(candidates), self.batch_size):
-            batch = candidates[start:start + self.batch_size]
+        for start in range(0, len(self.candidates), self.batch_size):
+            batch = self.candidates[start:start + self.batch_size]
             started = time.time()
             self.report(batch, evaluate_candidates(batch), started)
 

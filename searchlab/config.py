@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from searchlab.errors import ConfigError
-from searchlab.space import HYPERPARAMETERS, Param, check_value
+from searchlab.space import CHOICES, HYPERPARAMETERS, Param, allowed, check_value
 
 #: The shipped Hydra configuration. `searchlab/conf` is a symlink to the top-level `conf/` in the
 #: source tree; a built wheel holds the files themselves, so an installed package finds them here too.
@@ -242,6 +242,8 @@ class CoarseConfig:
     epochs: int | None = _bounded(None, Interval(1))  # cap on a coarse fit's epochs; null: model.epochs
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
     space: dict[str, Any] = field(default_factory=dict)
+    # name -> values (or null: not compared): choices decided on the coarse winner by a paired comparison
+    paired: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -316,6 +318,11 @@ class Config:
         """The coarse stage's search space as typed parameters."""
         own = self.model.name is ModelKind.custom
         return {name: _to_param(name, spec, own) for name, spec in self.search.coarse.space.items()}
+
+    def paired_choices(self) -> dict[str, Param]:
+        """The choices the coarse stage decides by a paired comparison on its winner, in order (those not null)."""
+        return {name: Param(name, "choice", values=tuple(values))
+                for name, values in self.search.coarse.paired.items() if values is not None}
 
 
 # --- building a Config ----------------------------------------------------------------------------
@@ -447,6 +454,8 @@ def _check_rules(config: Config) -> None:
         _fail("search.coarse.space", {}, "a mapping of at least one hyperparameter to its range")
     for name, spec in search.coarse.space.items():
         _to_param(name, spec, config.model.name is ModelKind.custom)
+    for name, values in search.coarse.paired.items():
+        _check_paired(name, values, search.coarse.space)
     host, _, port = search.fine.oracle.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         _fail("search.fine.oracle", search.fine.oracle, "host:port with a port from 1 to 65535")
@@ -487,6 +496,25 @@ def _check_dataset(d: DatasetConfig) -> None:
             for key, value in named:
                 if value is not None and not _is_position(value):
                     _fail(key, value, "a column position (0 first, -1 last) with dataset.header=false")
+
+
+def _check_paired(name: str, values: Any, space: dict[str, Any]) -> None:
+    """A `search.coarse.paired` entry: a choice hyperparameter with two or more of its values, or null (off)."""
+    key = f"search.coarse.paired.{name}"
+    if name not in CHOICES:
+        _fail(key, name, "named after a choice hyperparameter: " + ", ".join(CHOICES))
+    if values is None:
+        return
+    if not isinstance(values, list) or len(set(map(str, values))) != len(values) or len(values) < 2:
+        _fail(key, values, f"a list of two or more different values ({allowed(name)}), or null to not compare them")
+    for value in values:
+        problem = check_value(name, value)
+        if problem:
+            raise ConfigError(f"{key}: {name} {problem}.")
+    if name in space:
+        raise ConfigError(f"{key}: {name} is both sampled (search.coarse.space.{name}) and compared on the coarse "
+                          f"winner (search.coarse.paired.{name}); drop one: '~search.coarse.space.{name}' or "
+                          f"'search.coarse.paired.{name}=null'.")
 
 
 def _is_position(value: str) -> bool:

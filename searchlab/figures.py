@@ -20,7 +20,7 @@ def search_plots(out: Path, data: Dataset, scoring: Scoring, coarse: CoarseResul
                  fine: FineResult, final: FinalResult) -> list[Path]:
     """Every plot of the search run, written into `out`."""
     metric = scoring.display_name
-    coarse_trials = [(t.params, scoring.to_metric(t.mean_score)) for t in coarse.trials]
+    coarse_trials = [(t.params, scoring.to_metric(t.mean_score)) for t in coarse.sampled]
     views = [_view(d) for d in fine_space.decisions]
     paths = [
         plots.learning_curves(fine.best.curves, scoring.keras_name, out / "learning_curves.png"),

@@ -20,6 +20,7 @@ whose candidates rank best on average (a single lucky candidate does not decide 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,11 @@ class FineSpace:
     n_candidates: int
     n_top: int
     n_failed: int
+    decided: tuple[str, ...] = ()  # how the choices fixed outside the narrowing were decided, a line each
+
+    def with_decided(self, fixed: Mapping[str, Any], why: Sequence[str]) -> FineSpace:
+        """This space with hyperparameters the coarse stage decided otherwise (its paired comparisons) fixed."""
+        return dataclasses.replace(self, fixed={**self.fixed, **fixed}, decided=(*self.decided, *why))
 
     @property
     def shown(self) -> list[str]:
@@ -108,6 +114,7 @@ class FineSpace:
             evidence,
         ]
         lines += [f"- {d.explain()}" for d in self.decisions]
+        lines += [f"- {line}" for line in self.decided]
         return "\n".join(lines)
 
 

@@ -107,12 +107,14 @@ class SearchResult:
         """Markdown summary: printed at the end and shown as the search run's description."""
         metric = self.scoring.display_name
         coarse_best, fine_best = self.coarse.best, self.fine.best
+        n_compared = len(self.coarse.trials) - self.coarse.n_sampled
+        compared = f" + {n_compared} in paired comparisons" if n_compared else ""
         lines = [
             f"## searchlab search on {self.data.name}",
             "",
             f"- **Data:** {self.data.describe()}",
             *(f"- **Note:** {note}" for note in self.data.notes),
-            f"- **Coarse** ({len(self.coarse.trials)} candidates, "
+            f"- **Coarse** ({self.coarse.n_sampled} sampled candidates{compared}, "
             f"{len(self.coarse.trials) - len(self.coarse.completed)} failed): best CV {metric} "
             f"{self.scoring.to_metric(coarse_best.mean_score):.4f}"
             f" ± {coarse_best.std_score:.4f} with {format_params(coarse_best.params)}",
@@ -171,12 +173,13 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     check_cv_feasible(data, config.search.coarse.cv)
     builder = load_builder(config.model, data)
     space, left_out = searched_space(builder, config.coarse_space(), config.search.coarse.space)
+    paired = {name: param for name, param in config.paired_choices().items() if builder.can_search(name)}
     ctx = SearchContext(data, scoring, config.model, config.seed, config.verbose, builder)
     hooks = CallbackList([*([ProgressPrinter(scoring.display_name)] if config.verbose >= 1 else []), *callbacks])
     say = print if config.verbose >= 1 else (lambda *a, **k: None)
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    parent, finished = _open_search(tracker, config, data, space)
+    parent, finished = _open_search(tracker, config, data, {**space, **paired})
     if left_out:
         say(f"searchlab: {left_out}")
         tracker.log(parent, tags={records.LEFT_OUT_TAG: left_out})
@@ -188,9 +191,12 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
         say(f"searchlab: note: {note}")
     search = _OpenSearch(tracker, parent, finished, hooks)
     try:
-        coarse = _coarse_stage(search, ctx, config, space)
-        fine_space = narrow([(t.params, t.mean_score) for t in coarse.trials], coarse.space,
+        coarse = _coarse_stage(search, ctx, config, space, paired)
+        fine_space = narrow([(t.params, t.mean_score) for t in coarse.sampled], coarse.space,
                             config.search.fine.max_params, config.search.fine.top_fraction, seed=config.seed)
+        fine_space = fine_space.with_decided({choice.name: choice.chosen for choice in coarse.paired
+                                              if choice.chosen is not None},
+                                             [choice.explain(scoring) for choice in coarse.paired])
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
         say("\n" + fine_space.account() + "\n")
 
@@ -248,18 +254,21 @@ class _OpenSearch:
     hooks: SearchCallback
 
 
-def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config, space: dict[str, Param]) -> CoarseResult:
+def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config, space: dict[str, Param],
+                  paired: dict[str, Param]) -> CoarseResult:
     tracker, finished, hooks = search.tracker, search.finished, search.hooks
     settings = config.search.coarse
     stage_run = records.open_stage(tracker, search.run_id, "coarse", finished)
-    tracker.log_dict(stage_run, space_as_dict(space), "space.json")
-    hooks.on_stage_begin("coarse", settings.n_iter - len(finished.coarse))
+    tracker.log_dict(stage_run, {"sampled": space_as_dict(space), "paired": space_as_dict(paired)}, "space.json")
+    # the first choice compares all its values; each later one all but the winner's
+    total = settings.n_iter + sum(len(p.values) for p in paired.values()) - max(0, len(paired) - 1)
+    hooks.on_stage_begin("coarse", total - len(finished.coarse))
 
     def on_trial(trial: CoarseTrial) -> None:
         records.log_coarse_trial(tracker, stage_run, trial, ctx.scoring)
         hooks.on_trial_end(records.coarse_end(trial, ctx.scoring))
 
-    coarse = run_coarse(ctx, space, settings, on_trial=on_trial, finished=finished.coarse,
+    coarse = run_coarse(ctx, space, settings, paired=paired, on_trial=on_trial, finished=finished.coarse,
                         dask=config.search.dask if config.search.backend == "dask" else None)
     if not coarse.completed:
         raise StageFailedError(f"all {len(coarse.trials)} coarse candidates failed; see the FAILED trial runs' "

@@ -198,7 +198,7 @@ def _error(error: str | None) -> dict[str, str]:
 
 
 def _coarse_trial(run: StoredRun, space: Space) -> CoarseTrial:
-    params = {name: space[name].cast(run.params[name]) for name in space}
+    params = {name: space[name].cast(run.params[name]) for name in space if name in run.params}
     folds = sorted((int(k.removeprefix(_FOLD)), v) for k, v in run.metrics.items() if k.startswith(_FOLD))
     error = run.tags.get(ERROR_TAG)
     scores = tuple(v for _, v in folds) if not error else (float("nan"),)

@@ -31,7 +31,8 @@ _NUMERIC_LIMITS: dict[str, tuple[str, float, bool, float | None]] = {
     "batch_size": ("int", 1, True, None),
     "epochs": ("int", 1, True, None),
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "activation": ACTIVATIONS, "scaling": SCALINGS}
+#: The choice hyperparameters and the values each accepts.
+CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS, "activation": ACTIVATIONS, "scaling": SCALINGS}
 
 #: Keywords of `searchlab.model.build_model`.
 BUILD_PARAMS = ("units", "layers", "dropout", "l1", "l2", "noise", "learning_rate", "optimizer", "activation")
@@ -47,8 +48,8 @@ Kind = Literal["int", "float", "choice"]
 
 def allowed(name: str) -> str:
     """Describe the values hyperparameter `name` accepts, for error messages."""
-    if name in _CHOICES:
-        return "one of " + ", ".join(_CHOICES[name])
+    if name in CHOICES:
+        return "one of " + ", ".join(CHOICES[name])
     kind, low, inclusive, high = _NUMERIC_LIMITS[name]
     lower = f"{'>=' if inclusive else '>'} {low:g}"
     article = "an" if kind == "int" else "a"
@@ -59,8 +60,8 @@ def check_value(name: str, value: Any) -> str | None:
     """Return why `value` is not a valid setting of hyperparameter `name`, or None."""
     if name not in HYPERPARAMETERS:
         return f"is not a hyperparameter; known ones are {', '.join(HYPERPARAMETERS)}"
-    if name in _CHOICES:
-        return None if value in _CHOICES[name] else f"must be {allowed(name)}, got {value!r}"
+    if name in CHOICES:
+        return None if value in CHOICES[name] else f"must be {allowed(name)}, got {value!r}"
     kind, low, inclusive, high = _NUMERIC_LIMITS[name]
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not numeric or not math.isfinite(value) or (kind == "int" and float(value) != int(value)):
@@ -74,7 +75,7 @@ def check_value(name: str, value: Any) -> str | None:
 def parse_value(name: str, text: str) -> Any:
     """A hyperparameter value from its text form (as MLflow stores params). A custom builder's own hyperparameter
     reads as a number when its text is one."""
-    if name in _CHOICES:
+    if name in CHOICES:
         return text
     if name not in _NUMERIC_LIMITS:
         for number in (int, float):

@@ -28,6 +28,7 @@ from searchlab.tracking import Tracker
 #: processes to start), no model artifact, and no trainings beyond the grid (edge rounds, re-scoring): the smoke
 #: search in test_pipeline and tests/test_fine.py test those.
 TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "search.coarse.n_jobs=1",
+        "search.coarse.paired.scaling=null",
         "search.fine.beyond_edges=false", "search.fine.confirm_top=0", "tracking.log_model=false", "verbose=0")
 
 

@@ -25,7 +25,7 @@ from searchlab.config import Config
 from searchlab.context import SearchContext
 from searchlab.data import Dataset, load_dataset
 from searchlab.metrics import scoring_for
-from searchlab.space import stratify_choices
+from searchlab.space import Param, stratify_choices
 from searchlab.trials import CoarseTrial
 from tests.conftest import stage_inputs
 
@@ -166,6 +166,37 @@ def test_finished_candidates_are_reused_and_the_rest_match_a_full_run(
     for a, b in zip(resumed.trials, full.trials, strict=True):
         assert a.params == b.params
         assert a.fold_scores == b.fold_scores  # bit for bit: SciKeras turns TensorFlow's op determinism on
+
+
+def test_paired_choices_compare_the_winner_value_by_value_and_keep_the_best() -> None:
+    """Each paired choice cross-validates the winner so far with each of its values (the first choice every value,
+    the next every value but the winner's, which it reuses); the best mean is kept and is the stage's winner. A
+    resumed stage reuses finished comparisons and repeats the rest exactly."""
+    config, ctx = stage_inputs(*FAST, "search.coarse.n_iter=2")
+    paired = {"scaling": Param("scaling", "choice", values=("standard", "piecewise")),
+              "activation": Param("activation", "choice", values=("relu", "tanh"))}
+    reported: list[CoarseTrial] = []
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse, paired=paired, on_trial=reported.append)
+    assert [t.number for t in reported] == [0, 1, 2, 3, 4] == [t.number for t in result.trials]
+    assert result.sampled == list(result.trials[:2])
+    sampled_winner = max(result.sampled, key=lambda t: t.mean_score)
+    scaling, activation = result.paired
+    assert [(value, t.number) for value, t in scaling.trials.items()] == [("standard", 2), ("piecewise", 3)]
+    for value, trial in scaling.trials.items():
+        assert trial.ok and trial.params == {**sampled_winner.params, "scaling": value}
+    assert scaling.trials[scaling.chosen].mean_score == max(t.mean_score for t in scaling.trials.values())
+    winner = scaling.trials[scaling.chosen]
+    assert activation.trials["relu"] is winner  # the default activation: the winner as it is
+    assert activation.trials["tanh"].params == {**winner.params, "activation": "tanh"}
+    assert activation.trials["tanh"].number == 4
+    assert result.best is activation.trials[activation.chosen]
+    assert activation.explain(ctx.scoring).startswith(f"activation: fixed at {activation.chosen}, by a paired")
+
+    again: list[CoarseTrial] = []
+    resumed = run_coarse(ctx, config.coarse_space(), config.search.coarse, paired=paired, on_trial=again.append,
+                         finished={t.number: t for t in result.trials[:3]})
+    assert [t.number for t in again] == [3, 4]
+    assert [(t.params, t.fold_scores) for t in resumed.trials] == [(t.params, t.fold_scores) for t in result.trials]
 
 
 def test_diverging_candidates_fail_with_the_reason_and_the_rest_score() -> None:

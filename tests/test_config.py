@@ -113,6 +113,14 @@ def test_tutorial_presets_search_exactly_their_space(make_config: MakeConfig, pr
         ("dataset.test_size=1", ["dataset.test_size", "1", "> 0", "< 1"]),
         ("dataset=csv", ["dataset.path", "None", "CSV"]),
         ("++search.coarse.space={foo:{type:int,low:1,high:2}}", ["search.coarse.space.foo", "'foo'", "units", "learning_rate"]),
+        ("search.coarse.paired.scaling=[standard]", ["search.coarse.paired.scaling", "['standard']", "two or more",
+                                                     "piecewise", "null"]),
+        ("search.coarse.paired.activation=[relu,relu]", ["search.coarse.paired.activation", "two or more different"]),
+        ("search.coarse.paired.activation=[relu,swishy]", ["search.coarse.paired.activation", "'swishy'", "elu"]),
+        ("+search.coarse.paired.units=[16,32]", ["search.coarse.paired.units", "'units'", "choice", "scaling"]),
+        ("+search.coarse.space.activation={type:choice,values:[relu,elu]}",
+         ["search.coarse.paired.activation", "both sampled", "~search.coarse.space.activation",
+          "search.coarse.paired.activation=null"]),
     ],
 )
 def test_bad_value_raises_config_error(make_config: MakeConfig, override: str, expected: list[str]) -> None:
@@ -137,9 +145,12 @@ def test_unknown_hyperparameter_added_with_plus_raises_config_error(make_config:
 
 
 def test_valid_hyperparameter_can_be_added_with_plus(make_config: MakeConfig) -> None:
-    """`+search.coarse.space.scaling={...}` adds `scaling` to the coarse space."""
-    config = make_config("+search.coarse.space.scaling={type:choice,values:[standard,piecewise]}")
+    """`+search.coarse.space.scaling={...}` adds `scaling` to the coarse space (sampled, so no longer compared on
+    the coarse winner)."""
+    config = make_config("+search.coarse.space.scaling={type:choice,values:[standard,piecewise]}",
+                         "search.coarse.paired.scaling=null")
     assert config.coarse_space()["scaling"] == Param("scaling", "choice", values=("standard", "piecewise"))
+    assert list(config.paired_choices()) == ["activation"]
 
 
 def test_epochs_is_not_searched(make_config: MakeConfig) -> None:

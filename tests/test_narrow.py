@@ -239,7 +239,7 @@ def test_zero_width_log_range_is_fixed() -> None:
 
 # --- influence against chance ------------------------------------------------------------------
 
-DEFAULT_SPACE = compose().coarse_space()  # the ten hyperparameters a default search samples
+DEFAULT_SPACE = compose().coarse_space()  # the hyperparameters a default search samples
 
 
 def _position(params: Mapping[str, Any], name: str) -> float:
@@ -250,27 +250,28 @@ def _position(params: Mapping[str, Any], name: str) -> float:
 
 
 def _two_matter(params: Mapping[str, Any], noise: float) -> float:
-    """A response surface over the ten default hyperparameters on which two matter, with an optimum inside
+    """A response surface over the default sampled hyperparameters on which two matter, with an optimum inside
     each range (learning rate at 60% of its log range, units at 70%), plus `noise` (as a CV score has)."""
     return -(_position(params, "learning_rate") - 0.6) ** 2 - (_position(params, "units") - 0.7) ** 2 + noise
 
 
 def test_two_hyperparameters_that_matter_are_kept_at_the_default_budget() -> None:
-    """On a surface where 2 of the default 10 hyperparameters matter, narrowing `n_iter` default candidates
-    keeps both in most seeds, and shows at least one of them to matter in most. Measured over 60 seeds: both kept
-    in 47 (78%; issue 16 asks for 9 of 10), so 7 of these 10 leaves room for chance, not for a loss of power."""
+    """On a surface where 2 of the default sampled hyperparameters matter, narrowing `n_iter` default candidates
+    keeps both in most seeds, and shows at least one of them to matter in most. Measured over 60 seeds with the
+    nine sampled by default: both kept in 49 (82%; issue 16 asks for 9 of 10, which 30 candidates reach: 54 of 60),
+    so 13 of these 20 leaves room for chance, not for a loss of power."""
     defaults = compose()
     n_iter, max_params = defaults.search.coarse.n_iter, defaults.search.fine.max_params
     kept, shown = 0, 0
-    for seed in range(10):
+    for seed in range(20):
         rng = np.random.default_rng(seed)
         trials = [(p, _two_matter(p, 0.05 * rng.normal())) for p in _sample(DEFAULT_SPACE, n_iter, seed)]
         fine = narrow(trials, DEFAULT_SPACE, max_params, defaults.search.fine.top_fraction, seed=seed)
         kept += {"learning_rate", "units"} <= set(fine.tuned)
         shown += bool({"learning_rate", "units"} & set(fine.shown))
         assert set(fine.shown) <= {"learning_rate", "units"}, fine.account()
-    assert kept >= 7
-    assert shown >= 7
+    assert kept >= 13
+    assert shown >= 13
 
 
 def test_when_nothing_matters_the_account_says_so() -> None:

@@ -81,7 +81,11 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -
         assert all(t.data.tags[RUN_TAG] == "trial" for t in trials)
         assert all(t.data.tags[STAGE_TAG] == stage.data.tags[STAGE_TAG] for t in trials)
         if stage.data.tags[STAGE_TAG] == "coarse":
-            assert len(trials) == 4 == len(result.coarse.trials)
+            # 4 sampled, then the winner with each of the smoke preset's paired scalings (standard, piecewise)
+            assert len(trials) == 6 == len(result.coarse.trials)
+            paired = [t for t in trials if "scaling" in t.data.params]
+            assert sorted(t.data.params["scaling"] for t in paired) == ["piecewise", "standard"]
+            assert sorted(int(t.data.tags["searchlab.candidate"]) for t in paired) == [4, 5]
             for trial in trials:
                 assert {"cv_score_mean", "cv_score_std", "cv_score_fold_0", "cv_score_fold_1"} <= set(trial.data.metrics)
                 assert "units" in trial.data.params
@@ -158,6 +162,18 @@ def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient, Reco
     assert winners[0].data.tags["searchlab.trial_id"] == result.fine.best.trial_id
 
 
+def test_the_paired_choice_is_the_fine_stage_s(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    """The scaling the coarse stage's paired comparison chose is fixed for every fine trial and the final model,
+    and the narrowing account says how it was chosen."""
+    result, _, _ = smoke
+    [choice] = result.coarse.paired
+    assert result.fine_space.fixed["scaling"] == choice.chosen == result.coarse.best.params["scaling"]
+    assert all(t.params["scaling"] == choice.chosen for t in result.fine.all_trials)
+    assert result.final.params["scaling"] == choice.chosen
+    assert f"- scaling: fixed at {choice.chosen}, by a paired comparison on the coarse winner" in \
+        result.fine_space.account()
+
+
 def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, client, _ = smoke
     summary = result.summary()
@@ -172,7 +188,7 @@ def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClie
 def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, _, recorder = smoke
     n_fine = sum(not t.trial_id.startswith("edge-") for t in result.fine.trials) + 1  # the grid + the coarse winner
-    assert recorder.events == ["begin coarse 4", "end coarse", f"begin fine {n_fine}", "begin confirm 2",
+    assert recorder.events == ["begin coarse 6", "end coarse", f"begin fine {n_fine}", "begin confirm 2",
                                "end confirm", "end fine"]
     trained = [t for t in recorder.trials if t.stage != "confirm"]
     assert [t.label for t in trained] == [

@@ -65,12 +65,14 @@ class Resumed:
 
 
 N_ITER = 4
+PAIRED = ("search.coarse.paired.scaling=[standard,piecewise]",)  # two more coarse candidates: the winner with each
+N_COARSE = N_ITER + 2
 
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
     store = new_store(tmp_path_factory.mktemp("store"))
-    overrides = (*TINY, f"search.coarse.n_iter={N_ITER}", "search.fine.points=2", f"tracking.uri={store.uri}")
+    overrides = (*TINY, *PAIRED, f"search.coarse.n_iter={N_ITER}", "search.fine.points=2", f"tracking.uri={store.uri}")
 
     def snapshot() -> dict[str, object]:
         return {"statuses": _statuses(store), "all": {r.info.status for r in store.runs()},
@@ -78,7 +80,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
                 "fine": _trial_runs(store, "fine", "searchlab.trial_id")}
 
     with pytest.raises(SearchInterrupted) as interrupted:
-        pipeline.run(compose(*overrides), callbacks=[InterruptAfter("coarse", 2)])
+        pipeline.run(compose(*overrides), callbacks=[InterruptAfter("coarse", N_ITER + 1)])  # in the comparison
     after_coarse_stop = snapshot()
     second = InterruptAfter("fine", 1)
     with pytest.raises(SearchInterrupted):
@@ -94,19 +96,20 @@ def test_an_interrupted_search_ends_its_open_runs_killed_and_says_how_to_resume(
     assert f"resume={resumed.run_id}" in resumed.message
     assert resumed.after_coarse_stop["statuses"] == {("search", None): "KILLED", ("stage", "coarse"): "KILLED"}
     assert "RUNNING" not in resumed.after_coarse_stop["all"]  # type: ignore[operator]
-    assert len(resumed.after_coarse_stop["coarse"]) == 2  # type: ignore[arg-type]
+    assert len(resumed.after_coarse_stop["coarse"]) == N_ITER + 1  # type: ignore[arg-type]
     assert resumed.after_fine_stop["statuses"] == {("search", None): "KILLED", ("stage", "coarse"): "FINISHED",
                                                    ("stage", "fine"): "KILLED"}
     assert "RUNNING" not in resumed.after_fine_stop["all"]  # type: ignore[operator]
 
 
 def test_resuming_the_coarse_stage_trains_only_the_missing_candidates(resumed: Resumed) -> None:
+    """Interrupted in the paired comparison: the sampled candidates and the comparison's first are replayed."""
     before: dict[str, str] = resumed.after_coarse_stop["coarse"]  # type: ignore[assignment]
     after = _trial_runs(resumed.store, "coarse", "searchlab.candidate")
-    assert sorted(after, key=int) == [str(i) for i in range(N_ITER)]
+    assert sorted(after, key=int) == [str(i) for i in range(N_COARSE)]
     assert all(after[c] == run_id for c, run_id in before.items())  # reused, not trained again
     assert [t.label for t in resumed.second.trials if t.stage == "coarse"] == [
-        f"coarse-{i:03d}" for i in range(N_ITER) if str(i) not in before]
+        f"coarse-{i:03d}" for i in range(N_COARSE) if str(i) not in before]
     assert not [t for t in resumed.last.trials if t.stage == "coarse"]
 
 
