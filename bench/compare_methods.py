@@ -77,7 +77,8 @@ class Bench:
 
     @property
     def space(self) -> dict[str, Param]:
-        return self.config.coarse_space()
+        """What the other methods sample: searchlab's coarse space and the choices it compares on its winner."""
+        return {**self.config.coarse_space(), **self.config.paired_choices()}
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -306,6 +306,12 @@ def run_coarse(
     return CoarseResult(tuple(trials), dict(space), ctx.scoring, settings.n_iter, tuple(decided))
 
 
+def n_compared(paired: Mapping[str, Param]) -> int:
+    """How many candidates `run_coarse`'s paired comparisons cross-validate: the first choice's every value, each
+    later one's every value but the winner's."""
+    return sum(len(param.values) for param in paired.values()) - max(0, len(paired) - 1)
+
+
 def sample_candidates(space: Space, n_iter: int, seed: int, data: Dataset) -> list[dict[str, Any]]:
     """`n_iter` candidates (values by name) as `RandomizedSearchCV` draws them from `space`, with the choices
     stratified: each value of a choice on as many candidates as the others (`space.stratify_choices`)."""

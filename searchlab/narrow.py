@@ -1,11 +1,12 @@
 """Narrowing: from coarse results to the fine stage's search space. Pure code.
 
 Influence of a hyperparameter is the share of the coarse scores' rank variance its value
-explains: omega squared (the one-way ANOVA effect size, adjusted for the number of groups)
-of the score ranks grouped by the parameter's value (categories, or three quantile bins of
-the, log-aware, value). Ranks, not raw scores: a few diverged candidates (an RMSE of 90
-among 8s) would otherwise make the variance theirs, and the influence of whatever they
-happen to share.
+explains: the adjusted R squared of a least-squares fit of the score ranks on the value (for a
+number: its standardized, log-aware position and that squared, so a trend or an optimum inside
+the range; for a choice: one indicator per category), that is, beyond what as many random
+columns would explain. Ranks, not raw scores: a few diverged candidates (an RMSE of 90 among
+8s) would otherwise make the variance theirs, and the influence of whatever they happen to
+share.
 
 With a few dozen candidates and ten hyperparameters, the largest influence is sizeable
 even when the score depends on none of them, so each influence comes with a 95% interval
@@ -41,7 +42,7 @@ _RESAMPLES = 1000  # permutations, and bootstrap resamples, per narrowing
 class Influence:
     """A hyperparameter's influence on the coarse score ranks, with its uncertainty."""
 
-    share: float  # omega squared of the score ranks grouped by the value, in [0, 1]
+    share: float  # adjusted R squared of the score ranks on the value (`_design`), in [0, 1]
     low: float  # 95% bootstrap interval over candidates
     high: float
     p_value: float  # family-wise permutation p-value against "the score depends on no hyperparameter"

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from searchlab import records, registry
 from searchlab.builders import load_builder, searched_space
 from searchlab.callbacks import CallbackList, SearchCallback
-from searchlab.coarse import CoarseResult, run_coarse
+from searchlab.coarse import CoarseResult, n_compared, run_coarse
 from searchlab.config import ClassWeight, Config, TrackingConfig
 from searchlab.console import ProgressPrinter, format_duration, format_params, redact
 from searchlab.context import SearchContext
@@ -260,9 +260,7 @@ def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config, space
     settings = config.search.coarse
     stage_run = records.open_stage(tracker, search.run_id, "coarse", finished)
     tracker.log_dict(stage_run, {"sampled": space_as_dict(space), "paired": space_as_dict(paired)}, "space.json")
-    # the first choice compares all its values; each later one all but the winner's
-    total = settings.n_iter + sum(len(p.values) for p in paired.values()) - max(0, len(paired) - 1)
-    hooks.on_stage_begin("coarse", total - len(finished.coarse))
+    hooks.on_stage_begin("coarse", settings.n_iter + n_compared(paired) - len(finished.coarse))
 
     def on_trial(trial: CoarseTrial) -> None:
         records.log_coarse_trial(tracker, stage_run, trial, ctx.scoring)
