@@ -284,8 +284,8 @@ def run_coarse(
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir, \
             _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
         silence_fit_warnings()
-        evaluate = _Evaluator(ctx, estimator, {**space, **paired}, settings, history_dir, workers, recycle,
-                              on_trial, dict(finished or {}))
+        evaluate = _Evaluator(ctx, estimator, {**space, **paired}, settings, history_dir=history_dir,
+                              workers=workers, recycle=recycle, on_trial=on_trial, finished=dict(finished or {}))
         trials = evaluate(dict(enumerate(sample_candidates(space, settings.n_iter, sampler_seed(settings, ctx.seed),
                                                            ctx.data))), make_cv(ctx.data, settings.cv, ctx.seed))
         decided: list[PairedChoice] = []
@@ -324,7 +324,7 @@ class _Evaluator:
     """Cross-validates numbered candidates through `_StreamingSearch` on `workers` fit processes (replaced every
     so often if `recycle`), reporting each as it finishes and reusing those already `finished`."""
 
-    def __init__(self, ctx: SearchContext, estimator: Any, space: Space, settings: CoarseConfig, history_dir: str,
+    def __init__(self, ctx: SearchContext, estimator: Any, space: Space, settings: CoarseConfig, *, history_dir: str,
                  workers: int, recycle: bool, on_trial: Callable[[CoarseTrial], None] | None,
                  finished: dict[int, CoarseTrial]) -> None:
         self.ctx, self.estimator, self.space, self.settings = ctx, estimator, space, settings
