@@ -57,13 +57,16 @@ _calls = 0
 
 
 def presses_ctrl_c(n_features: int, n_outputs: int, task: str, units: int = 8, blocks: int = 1) -> keras.Model:
-    """The residual example; its second call in a process (after `load_builder`'s check: the first network a search
-    trains) sends this process a real SIGINT, as Ctrl-C in a terminal or a notebook's interrupt does."""
+    """The residual example; from its second call in a process on (after `load_builder`'s check: the first network
+    a search trains) it sends this process a real SIGINT, as Ctrl-C in a terminal or a notebook's interrupt does."""
     global _calls
     _calls += 1
-    if _calls == 2:
+    if _calls >= 2:
         os.kill(os.getpid(), signal.SIGINT)
         # Python runs the handler at its next check; sleeping makes that check here, so KeyboardInterrupt leaves
         # this frame (a check that falls inside a finalizer later on would print and drop it instead)
         time.sleep(10)
+        # Not interrupted: the signal went elsewhere (state an earlier test left in this process, seen only in a
+        # whole-suite run); raise what the default handler raises, so the test still checks the search's handling
+        raise KeyboardInterrupt("SIGINT sent, but not raised in this frame")
     return build_residual_mlp(n_features, n_outputs, task, units=units, blocks=blocks)
