@@ -65,7 +65,7 @@ def presses_ctrl_c(n_features: int, n_outputs: int, task: str, units: int = 8, b
         os.kill(os.getpid(), signal.SIGINT)
         # Python runs the handler at its next check; sleeping makes that check here, so KeyboardInterrupt leaves
         # this frame (a check that falls inside a finalizer later on would print and drop it instead)
-        time.sleep(10)
+        time.sleep(1)
         # Not interrupted: the signal went elsewhere (state an earlier test left in this process, seen only in a
         # whole-suite run); raise what the default handler raises, so the test still checks the search's handling
         raise KeyboardInterrupt("SIGINT sent, but not raised in this frame")
