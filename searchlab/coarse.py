@@ -62,6 +62,8 @@ class PairedChoice:
     def explain(self, scoring: Scoring) -> str:
         """One line: each value's mean CV score and spread over the folds, the chosen first."""
         chosen = self.chosen
+        if chosen is None:
+            return f"{self.name}: not decided: every value failed on the coarse winner (see the FAILED trial runs)"
         order = sorted(self.trials, key=lambda value: value != chosen)
         shown = ", ".join(f"{value} {scoring.to_metric(trial.mean_score):.4f} ± {trial.std_score:.4f}" if trial.ok
                           else f"{value} failed" for value in order for trial in [self.trials[value]])

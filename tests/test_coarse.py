@@ -199,6 +199,16 @@ def test_paired_choices_compare_the_winner_value_by_value_and_keep_the_best() ->
     assert [(t.params, t.fold_scores) for t in resumed.trials] == [(t.params, t.fold_scores) for t in result.trials]
 
 
+def test_a_paired_choice_whose_every_value_failed_decides_nothing() -> None:
+    failed = {value: CoarseTrial(i, {"scaling": value}, (float("nan"),), error="FloatingPointError: nan loss")
+              for i, value in enumerate(("standard", "piecewise"))}
+    choice = coarse.PairedChoice("scaling", failed)
+    assert choice.chosen is None
+    assert choice.explain(scoring_for("binary", None)).startswith("scaling: not decided: every value failed")
+    ok = {**failed, "standard": CoarseTrial(0, {"scaling": "standard"}, (0.8, 0.9))}
+    assert coarse.PairedChoice("scaling", ok).chosen == "standard"
+
+
 def test_diverging_candidates_fail_with_the_reason_and_the_rest_score() -> None:
     """SGD at learning rate 1e6 overflows: those candidates fail (NaN score, the reason kept) while the others
     are scored, without scikit-learn refusing a batch whose every fit failed."""
