@@ -107,8 +107,8 @@ class SearchResult:
         """Markdown summary: printed at the end and shown as the search run's description."""
         metric = self.scoring.display_name
         coarse_best, fine_best = self.coarse.best, self.fine.best
-        n_compared = len(self.coarse.trials) - self.coarse.n_sampled
-        compared = f" + {n_compared} in paired comparisons" if n_compared else ""
+        n_extra = len(self.coarse.trials) - self.coarse.n_sampled
+        compared = f" + {n_extra} in paired comparisons" if n_extra else ""
         lines = [
             f"## searchlab search on {self.data.name}",
             "",
