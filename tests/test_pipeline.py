@@ -81,10 +81,10 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -
         assert all(t.data.tags[RUN_TAG] == "trial" for t in trials)
         assert all(t.data.tags[STAGE_TAG] == stage.data.tags[STAGE_TAG] for t in trials)
         if stage.data.tags[STAGE_TAG] == "coarse":
-            # 4 sampled, then the winner with each of the smoke preset's paired scalings (standard, piecewise)
+            # 4 sampled, then the winner with each of the smoke preset's paired scalings (standard, quantile)
             assert len(trials) == 6 == len(result.coarse.trials)
             paired = [t for t in trials if "scaling" in t.data.params]
-            assert sorted(t.data.params["scaling"] for t in paired) == ["piecewise", "standard"]
+            assert sorted(t.data.params["scaling"] for t in paired) == ["quantile", "standard"]
             assert sorted(int(t.data.tags["searchlab.candidate"]) for t in paired) == [4, 5]
             for trial in trials:
                 assert {"cv_score_mean", "cv_score_std", "cv_score_fold_0", "cv_score_fold_1"} <= set(trial.data.metrics)

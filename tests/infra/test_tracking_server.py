@@ -35,9 +35,7 @@ N_ITER = 2
 # the model's softmax gives one column per class (a binary model has one sigmoid output).
 SEARCH = ("tracking=server", "experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "dataset.n_classes=3",
           "model.epochs=3", f"search.coarse.n_iter={N_ITER}", "search.coarse.n_jobs=1", "search.fine.max_params=1",
-          "search.coarse.paired.scaling=null",
-          "verbose=0",
-        "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
+          "search.coarse.paired.scaling=null", "verbose=0", "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
 
 
 @pytest.fixture(scope="module")

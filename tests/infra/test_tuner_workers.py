@@ -42,9 +42,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 POINTS = 2
 # A grid of 2 points on each of the 2 hyperparameters kept: 4 trials (a choice may add a value).
 OVERRIDES = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "search.coarse.n_iter=2",
-             "search.coarse.n_jobs=1", "model.epochs=3", "search.fine.max_params=2", f"search.fine.points={POINTS}",
-             "tracking.log_model=false", "verbose=0",
-        "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
+             "search.coarse.n_jobs=1", "search.coarse.paired.scaling=null", "model.epochs=3",
+             "search.fine.max_params=2", f"search.fine.points={POINTS}", "tracking.log_model=false", "verbose=0",
+             "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
 FINE_TRIALS = f"tags.`{RUN_TAG}` = 'trial' and tags.`{STAGE_TAG}` = 'fine'"
 TIMEOUT = 600
 
