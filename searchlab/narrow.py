@@ -14,9 +14,11 @@ even when the score depends on none of them, so each influence comes with a 95% 
 shuffled over the candidates, and a hyperparameter is *shown to matter* when its influence
 beats the largest of all hyperparameters' influences in 95% of the shuffles (a family-wise
 test: with nothing to find, 5% of searches report anything). Those are searched first;
-free places go to the next most influential. The searched few keep a range spanning the
-best candidates' values; the rest are fixed: a number at the best candidate's value, a choice at the one
-whose candidates rank best on average (a single lucky candidate does not decide a choice).
+each free place goes to the hyperparameter that explains most of what those before it leave
+unexplained (forward selection: when two matter, the second stands out once the first is
+accounted for). The searched few keep a range spanning the best candidates' values; the
+rest are fixed: a number at the best candidate's value, a choice at the one whose
+candidates rank best on average (a single lucky candidate does not decide a choice).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from searchlab.space import Param, Space
 
 _MIN_TOP = 3  # the narrowed range spans at least this many of the best candidates
 _MARGIN = 0.1  # widen a narrowed range by this share of the original span on each side
+_ONLY = "only {} are searched further: those shown to matter, then those explaining most of the rest"
 ALPHA = 0.05  # family-wise level of the test against chance
 _RESAMPLES = 1000  # permutations, and bootstrap resamples, per narrowing
 
@@ -108,7 +111,7 @@ class FineSpace:
                     if shown else
                     f"No hyperparameter shown to matter: no influence is distinguishable from chance (family-wise "
                     f"permutation test, {ALPHA:.0%} level, {self.n_candidates} candidates). The fine stage searches "
-                    f"the most influential anyway; more coarse candidates would tell more.")
+                    f"those explaining most of the score ranks anyway; more coarse candidates would tell more.")
         lines = [
             f"Narrowed from {self.n_candidates} coarse candidates ({self.n_failed} failed, counted as the worst "
             f"score); ranges span the best {self.n_top}, widened by {_MARGIN:.0%} of the original span.",
@@ -150,12 +153,16 @@ def narrow(
     top = [trials[i][0] for i in order[:n_top]]
     best = trials[int(order[0])][0]
 
-    influence = influences({name: _design([t[0][name] for t in trials], param) for name, param in space.items()},
-                           ranks, np.random.default_rng(seed))
-    ranked = sorted(space, key=lambda name: (not influence[name].shown, -influence[name].share))
+    features = {name: _design([t[0][name] for t in trials], param) for name, param in space.items()}
+    influence = influences(features, ranks, np.random.default_rng(seed))
+    waiting = sorted(space, key=lambda name: (not influence[name].shown, -influence[name].share))
     tuned: dict[str, Param] = {}
-    decisions = []
-    for name in ranked:
+    decisions: list[Decision] = []
+    while waiting:
+        name = waiting[0]
+        if not influence[name].shown and len(tuned) < max_params:
+            name = _explains_most_of_the_rest(waiting, features, [features[d.name] for d in decisions], ranks)
+        waiting.remove(name)
         param = space[name]
         narrowed = _narrow_param(param, [t[name] for t in top])
         if len(tuned) < max_params and not _degenerate(narrowed):
@@ -168,12 +175,11 @@ def narrow(
             value, mean_rank = _best_on_average([t[0][name] for t in trials], ranks, param)
             decisions.append(Decision(name, influence[name], param, None, value,
                                       f"the choice whose candidates rank best on average ({mean_rank:.1f} of "
-                                      f"{len(trials)}, shrunk towards the mean); only the {max_params} most "
-                                      "influential are searched further"))
+                                      f"{len(trials)}, shrunk towards the mean); {_ONLY.format(max_params)}"))
         else:
             decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]),
-                                      f"the best candidate's value; only the {max_params} most influential are "
-                                      "searched further"))
+                                      f"the best candidate's value; {_ONLY.format(max_params)}"))
+    decisions.sort(key=lambda d: (not d.influence.shown, -d.influence.share))  # the account reads by influence
     fixed = {d.name: d.fixed_value for d in decisions if not d.kept}
     return FineSpace(tuned, fixed, tuple(decisions), len(trials), n_top, int((~ok).sum()))
 
@@ -202,6 +208,17 @@ def influences(features: Mapping[str, np.ndarray], scores: np.ndarray, rng: np.r
         low, high = np.quantile(_explained(features[name], resampled, picks), [0.025, 0.975])
         result[name] = Influence(shares[name], float(low), float(high), p_value if shares[name] > 0 else 1.0)
     return result
+
+
+def _explains_most_of_the_rest(names: Sequence[str], features: Mapping[str, np.ndarray], before: Sequence[np.ndarray],
+                               ranks: np.ndarray) -> str:
+    """Forward selection: of `names`, the one whose design explains most of the score ranks that the designs
+    `before` it leave unexplained (the residuals of a least-squares fit on them). Two hyperparameters that both
+    matter each explain only part of the ranks; once the first is accounted for, the second stands out from
+    those that correlate with the ranks by chance."""
+    design = np.column_stack([np.ones(len(ranks)), *before])
+    left = ranks - design @ np.linalg.lstsq(design, ranks, rcond=None)[0]
+    return max(names, key=lambda name: float(_explained(features[name], left[None, :])[0]))
 
 
 def _best_on_average(values: list[Any], ranks: np.ndarray, param: Param, prior: float = 2.0) -> tuple[Any, float]:
