@@ -1,6 +1,6 @@
 """Planned training epochs: searchlab's grid settings define the budget B, the other methods are sized to it.
 
-B = coarse ((n_iter + the paired comparisons' candidates) * cv * epochs) + fine grid (points ** max_params
+B = coarse ((n_iter + the paired comparisons' candidates) * cv * the coarse cap) + fine grid (points ** max_params
 * epochs) + the coarse winner retrained in the fine stage (epochs) + the final refit (epochs). Hyperband and
 successive-halving schedules are planned as KerasTuner and scikit-learn run them.
 """
@@ -66,7 +66,7 @@ def halving_epochs(n_candidates: int, max_resources: int, factor: int, cv: int) 
 def make_plan(config: Config) -> Plan:
     """The plan for `config` (see the module docstring for B)."""
     coarse, fine, epochs = config.search.coarse, config.search.fine, config.model.epochs
-    coarse_part = (coarse.n_iter + n_compared(config.paired_choices())) * coarse.cv * epochs
+    coarse_part = (coarse.n_iter + n_compared(config.paired_choices())) * coarse.cv * coarse.epochs_per_fit(epochs)
     grid_fine = fine.points**fine.max_params * epochs  # an estimate: choices and fixed ranges change the grid
     budget = coarse_part + grid_fine + 2 * epochs  # + the coarse winner + the refit
     per_hb = hyperband_epochs(fine.max_epochs, fine.factor)

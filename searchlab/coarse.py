@@ -269,8 +269,8 @@ def run_coarse(
     the winner so far with each of the choice's values, on other folds than the sampled candidates'.
 
     Hyperparameters outside `space` keep their defaults (`ctx.defaults`); a fit trains at most `settings.epochs`
-    epochs (low fidelity: enough to rank candidates), or `ctx.model.epochs`. The fits run in `settings.n_jobs`
-    local worker processes, or on the Dask cluster `dask` describes.
+    epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`. The fits run in
+    `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
 
     Args:
         paired: choices (not in `space`) decided on the winner by a paired comparison, in order.
@@ -282,7 +282,7 @@ def run_coarse(
         ConfigError: the Dask cluster cannot be used (see `searchlab.infra.dask_cluster.dask_backend`).
     """
     paired = dict(paired or {})
-    estimator = make_estimator(ctx, {"epochs": settings.epochs} if settings.epochs else None)
+    estimator = make_estimator(ctx, {"epochs": settings.epochs_per_fit(ctx.model.epochs)})
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir, \
             _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
         silence_fit_warnings()

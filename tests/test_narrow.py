@@ -257,20 +257,22 @@ def _two_matter(params: Mapping[str, Any], noise: float) -> float:
 
 def test_two_hyperparameters_that_matter_are_kept_at_the_default_budget() -> None:
     """On a surface where 2 of the default sampled hyperparameters matter, narrowing `n_iter` default candidates
-    keeps both in at least 9 of 10 seeds, and shows at least one of them to matter in most. Measured over 60 seeds
-    with the nine sampled by default: both kept in 59 with forward selection (49 when ranking by influence alone)."""
+    keeps both in at least 9 of 10 seeds, shows at least one of them to matter in most, and rarely shows one that
+    does not (a 5% family-wise test). Measured over 60 seeds with the nine sampled by default, both kept: at 20
+    candidates in 59 with forward selection (49 when ranking by influence alone), at 30 in 60."""
     defaults = compose()
     n_iter, max_params = defaults.search.coarse.n_iter, defaults.search.fine.max_params
-    kept, shown = 0, 0
+    kept, shown, false_alarms = 0, 0, 0
     for seed in range(20):
         rng = np.random.default_rng(seed)
         trials = [(p, _two_matter(p, 0.05 * rng.normal())) for p in _sample(DEFAULT_SPACE, n_iter, seed)]
         fine = narrow(trials, DEFAULT_SPACE, max_params, defaults.search.fine.top_fraction, seed=seed)
         kept += {"learning_rate", "units"} <= set(fine.tuned)
         shown += bool({"learning_rate", "units"} & set(fine.shown))
-        assert set(fine.shown) <= {"learning_rate", "units"}, fine.account()
+        false_alarms += bool(set(fine.shown) - {"learning_rate", "units"})
     assert kept >= 18
     assert shown >= 13
+    assert false_alarms <= 2
 
 
 def test_when_nothing_matters_the_account_says_so() -> None:
