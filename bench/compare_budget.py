@@ -1,8 +1,8 @@
 """Planned training epochs: searchlab's grid settings define the budget B, the other methods are sized to it.
 
-B = coarse ((n_iter + the paired comparisons' candidates) * cv * the coarse cap) + fine grid (points ** max_params
-* epochs) + the coarse winner retrained in the fine stage (epochs) + the final refit (epochs). Hyperband and
-successive-halving schedules are planned as KerasTuner and scikit-learn run them.
+B = coarse ((n_iter * the coarse cap + the paired comparisons' candidates * epochs) * cv) + fine grid
+(points ** max_params * epochs) + the coarse winner retrained in the fine stage (epochs) + the final refit
+(epochs). Hyperband and successive-halving schedules are planned as KerasTuner and scikit-learn run them.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def halving_epochs(n_candidates: int, max_resources: int, factor: int, cv: int) 
 def make_plan(config: Config) -> Plan:
     """The plan for `config` (see the module docstring for B)."""
     coarse, fine, epochs = config.search.coarse, config.search.fine, config.model.epochs
-    coarse_part = (coarse.n_iter + n_compared(config.paired_choices())) * coarse.cv * coarse.epochs_per_fit(epochs)
+    sampled, compared = coarse.n_iter * coarse.epochs_per_fit(epochs), n_compared(config.paired_choices()) * epochs
+    coarse_part = (sampled + compared) * coarse.cv
     grid_fine = fine.points**fine.max_params * epochs  # an estimate: choices and fixed ranges change the grid
     budget = coarse_part + grid_fine + 2 * epochs  # + the coarse winner + the refit
     per_hb = hyperband_epochs(fine.max_epochs, fine.factor)

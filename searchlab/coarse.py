@@ -268,8 +268,10 @@ def run_coarse(
     """Cross-validate `settings.n_iter` random candidates from `space`; then, for each choice in `paired` in turn,
     the winner so far with each of the choice's values, on other folds than the sampled candidates'.
 
-    Hyperparameters outside `space` keep their defaults (`ctx.defaults`); a fit trains at most `settings.epochs`
-    epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`. The fits run in
+    Hyperparameters outside `space` keep their defaults (`ctx.defaults`). A sampled candidate's fit trains at most
+    `settings.epochs` epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`; the
+    paired comparisons train up to `ctx.model.epochs`: a choice such as the scaling changes how fast a network
+    learns (piecewise scaling feeds it many more inputs), which a capped fit would take for how well. The fits run in
     `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
 
     Args:
@@ -282,14 +284,15 @@ def run_coarse(
         ConfigError: the Dask cluster cannot be used (see `searchlab.infra.dask_cluster.dask_backend`).
     """
     paired = dict(paired or {})
-    estimator = make_estimator(ctx, {"epochs": settings.epochs_per_fit(ctx.model.epochs)})
+    capped = make_estimator(ctx, {"epochs": settings.epochs_per_fit(ctx.model.epochs)})
     with tempfile.TemporaryDirectory(prefix="searchlab-histories-") as history_dir, \
             _fit_backend(settings.n_jobs, dask, history_dir) as (workers, recycle), warnings.catch_warnings():
         silence_fit_warnings()
-        evaluate = _Evaluator(ctx, estimator, {**space, **paired}, settings, history_dir=history_dir,
-                              workers=workers, recycle=recycle, on_trial=on_trial, finished=dict(finished or {}))
-        trials = evaluate(dict(enumerate(sample_candidates(space, settings.n_iter, sampler_seed(settings, ctx.seed),
-                                                           ctx.data))), make_cv(ctx.data, settings.cv, ctx.seed))
+        evaluate = _Evaluator(ctx, {**space, **paired}, settings, history_dir=history_dir, workers=workers,
+                              recycle=recycle, on_trial=on_trial, finished=dict(finished or {}))
+        trials = evaluate(capped, dict(enumerate(sample_candidates(space, settings.n_iter,
+                                                                   sampler_seed(settings, ctx.seed), ctx.data))),
+                          make_cv(ctx.data, settings.cv, ctx.seed))
         decided: list[PairedChoice] = []
         paired_cv = make_cv(ctx.data, settings.cv, ctx.seed + 1)
         winner = max((t for t in trials if t.ok), key=lambda t: t.mean_score, default=None)
@@ -301,7 +304,7 @@ def run_coarse(
             reused = {values[0]: winner} if decided else {}
             candidates = {len(trials) + i: {**winner.params, name: v}
                           for i, v in enumerate(v for v in values if v not in reused)}
-            found = evaluate(candidates, paired_cv)
+            found = evaluate(make_estimator(ctx), candidates, paired_cv)
             trials += found
             decided.append(PairedChoice(name, reused | {t.params[name]: t for t in found}))
             winner = decided[-1].trials.get(decided[-1].chosen)
@@ -326,15 +329,16 @@ class _Evaluator:
     """Cross-validates numbered candidates through `_StreamingSearch` on `workers` fit processes (replaced every
     so often if `recycle`), reporting each as it finishes and reusing those already `finished`."""
 
-    def __init__(self, ctx: SearchContext, estimator: Any, space: Space, settings: CoarseConfig, *, history_dir: str,
-                 workers: int, recycle: bool, on_trial: Callable[[CoarseTrial], None] | None,
+    def __init__(self, ctx: SearchContext, space: Space, settings: CoarseConfig, *, history_dir: str, workers: int,
+                 recycle: bool, on_trial: Callable[[CoarseTrial], None] | None,
                  finished: dict[int, CoarseTrial]) -> None:
-        self.ctx, self.estimator, self.space, self.settings = ctx, estimator, space, settings
+        self.ctx, self.space, self.settings = ctx, space, settings
         self.history_dir, self.workers, self.recycle = history_dir, workers, recycle
         self.on_trial, self.finished = on_trial, finished
 
-    def __call__(self, candidates: dict[int, dict[str, Any]], cv: Any) -> list[CoarseTrial]:
-        """The candidates' trials, in number order: values by hyperparameter name, by candidate number."""
+    def __call__(self, estimator: Any, candidates: dict[int, dict[str, Any]], cv: Any) -> list[CoarseTrial]:
+        """The candidates' trials (`estimator` with their values), in number order: values by hyperparameter name,
+        by candidate number."""
         ctx, settings = self.ctx, self.settings
         candidate_key = _net_prefix(ctx.data) + "model__candidate"
         X, y = ctx.data.X_train, ctx.data.y_train
@@ -363,7 +367,7 @@ class _Evaluator:
             if start:
                 end_fit_workers(kill=False)
             _StreamingSearch(
-                self.estimator, {param_key(ctx.data, name): p.distribution() for name, p in self.space.items()},
+                estimator, {param_key(ctx.data, name): p.distribution() for name, p in self.space.items()},
                 candidates=pending[start:start + per_slice], batch_size=workers, report=report,
                 n_iter=len(pending[start:start + per_slice]), scoring=_HistoryScorer(ctx.scoring, self.history_dir),
                 cv=cv, n_jobs=settings.n_jobs, refit=False, error_score=np.nan).fit(X, y)

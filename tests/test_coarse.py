@@ -279,12 +279,15 @@ def test_the_next_fold_of_a_candidate_reuses_its_network_and_fits_as_a_new_one_w
     np.testing.assert_array_equal(proba, new_proba)
 
 
-def test_coarse_fits_train_at_most_the_coarse_epoch_cap() -> None:
-    """`search.coarse.epochs` caps every coarse fit (low fidelity), below `model.epochs`."""
-    config, ctx = stage_inputs("search.coarse.n_iter=2", "search.coarse.epochs=2", "model.epochs=8",
+def test_sampled_fits_train_at_most_the_coarse_epoch_cap_and_paired_ones_the_full_budget() -> None:
+    """`search.coarse.epochs` caps every sampled candidate's fit (low fidelity), below `model.epochs`; the paired
+    comparison trains up to `model.epochs`, as a choice can change how fast a network learns."""
+    config, ctx = stage_inputs("search.coarse.n_iter=2", "search.coarse.epochs=2", "model.epochs=5",
                                "model.patience=8")
-    result = run_coarse(ctx, config.coarse_space(), config.search.coarse)
-    assert all(t.ok and len(t.curves["loss"]) == 2 for t in result.trials), [t.curves.get("loss") for t in result.trials]
+    paired = {"scaling": Param("scaling", "choice", values=("standard", "quantile"))}
+    result = run_coarse(ctx, config.coarse_space(), config.search.coarse, paired=paired)
+    epochs = [len(t.curves["loss"]) for t in result.trials]
+    assert all(t.ok for t in result.trials) and epochs == [2, 2, 5, 5], epochs
 
 
 @given(n=st.integers(1, 40), k=st.integers(2, 5), seed=st.integers(0, 2**32 - 1))
