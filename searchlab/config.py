@@ -234,12 +234,12 @@ class ParamSpec:
 
 @dataclass
 class CoarseConfig:
-    n_iter: int = _bounded(30, Interval(1))
+    n_iter: int = _bounded(20, Interval(1))
     cv: int = _bounded(3, Interval(2))
     scoring: str | None = None
     n_jobs: int = -1
     random_state: int | None = None
-    epochs: int | None = _bounded(30, Interval(1))  # cap on a coarse fit's epochs; null: model.epochs
+    epochs: int | None = _bounded(None, Interval(1))  # cap on a sampled candidate's fit; null: model.epochs
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
     space: dict[str, Any] = field(default_factory=dict)
     # name -> values (or null: not compared): choices decided on the coarse winner by a paired comparison

@@ -62,10 +62,10 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
     assert smoke.search.fine.max_params <= default.search.fine.max_params
     assert smoke.search.fine.points <= default.search.fine.points
     assert smoke.coarse_space()["units"].high < default.coarse_space()["units"].high
-    # the coarse cap (30 by default) never trains a fit beyond model.epochs (8 in the smoke preset)
-    assert default.search.coarse.epochs_per_fit(default.model.epochs) == 30 < default.model.epochs
-    assert smoke.search.coarse.epochs_per_fit(smoke.model.epochs) == smoke.model.epochs == 8
-    assert make_config("search.coarse.epochs=null").search.coarse.epochs_per_fit(200) == 200
+    # the coarse cap (none by default) never trains a fit beyond model.epochs (8 in the smoke preset)
+    assert default.search.coarse.epochs_per_fit(default.model.epochs) == default.model.epochs == 200
+    assert make_config("search.coarse.epochs=30").search.coarse.epochs_per_fit(200) == 30
+    assert make_config("experiment=smoke", "search.coarse.epochs=30").search.coarse.epochs_per_fit(8) == 8
 
 
 @pytest.mark.parametrize(("preset", "dataset", "space"), [

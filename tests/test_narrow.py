@@ -259,7 +259,7 @@ def test_two_hyperparameters_that_matter_are_kept_at_the_default_budget() -> Non
     """On a surface where 2 of the default sampled hyperparameters matter, narrowing `n_iter` default candidates
     keeps both in at least 9 of 10 seeds, shows at least one of them to matter in most, and rarely shows one that
     does not (a 5% family-wise test). Measured over 60 seeds with the nine sampled by default, both kept: at 20
-    candidates in 59 with forward selection (49 when ranking by influence alone), at 30 in 60."""
+    candidates in 59 with forward selection (49 when ranking by influence alone); at 30 in 60."""
     defaults = compose()
     n_iter, max_params = defaults.search.coarse.n_iter, defaults.search.fine.max_params
     kept, shown, false_alarms = 0, 0, 0
