@@ -37,7 +37,20 @@ from searchlab.records import Finished
 from searchlab.space import Param, grid_size, space_as_dict
 from searchlab.tracking import Tracker, flatten
 from searchlab.trials import COARSE_WINNER, CoarseTrial, FineTrial
+from searchlab.uncertainty import Comparison
 
+
+def versus_baseline_line(metric: str, baseline: Comparison) -> str:
+    """The summary's line on the model against the trivial baseline: ahead, level with it, or worse."""
+    if baseline.verdict == "ahead":
+        return f"- **Against the baseline:** {metric} better by {baseline}: the model learned something."
+    if baseline.verdict == "behind":
+        return (f"- **Worse than the trivial baseline:** on the test rows the model's {metric} is worse than the "
+                f"baseline's (difference {baseline}, higher is better): the chosen configuration did not hold up "
+                "when refit on all training rows (a short refit at a high learning rate?); see the learning curves.")
+    return (f"- **Nothing learnable found:** on the test rows the model's {metric} is not distinguishable "
+            f"from the trivial baseline's (difference {baseline}, higher is better); the features may "
+            "not predict the target, or the search did not find how.")
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -86,13 +99,7 @@ class SearchResult:
             shown = f"**{name}** (searched)" if name == metric else name
             lines.append(f"  | {shown} | " + " | ".join(str(table[name]) for _, table in columns) + " |")
         lines.append("")
-        baseline = scores.versus_baseline
-        if baseline.verdict == "ahead":
-            lines.append(f"- **Against the baseline:** {metric} better by {baseline}: the model learned something.")
-        else:
-            lines.append(f"- **Nothing learnable found:** on the test rows the model's {metric} is not distinguishable "
-                         f"from the trivial baseline's (difference {baseline}, higher is better); the features may "
-                         "not predict the target, or the search did not find how.")
+        lines.append(versus_baseline_line(metric, scores.versus_baseline))
         if scores.versus_reference is not None:
             versus = scores.versus_reference
             where = {"ahead": "ahead of", "behind": "behind", "level": "level with"}[versus.verdict]

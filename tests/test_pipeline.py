@@ -17,6 +17,7 @@ from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
 from searchlab.errors import ConfigError, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
+from searchlab.uncertainty import Comparison
 from tests.conftest import TINY, new_store
 
 pytestmark = pytest.mark.slow
@@ -225,3 +226,14 @@ def test_class_weights_on_a_regression_task_stop_before_any_run(store_uri: str) 
     config = compose(*TINY, "dataset.generator=regression", "model.class_weight=balanced", f"tracking.uri={store_uri}")
     with pytest.raises(ConfigError, match="model.class_weight must be none for a regression task, got 'balanced'"):
         pipeline.run(config)
+
+
+@pytest.mark.parametrize(("low", "high", "start"), [
+    (0.01, 0.2, "- **Against the baseline:** rmse better by"),
+    (-0.1, 0.1, "- **Nothing learnable found:**"),
+    (-73.3, -35.4, "- **Worse than the trivial baseline:**"),  # diabetes, a 5-epoch refit at a learning rate of 0.03
+])
+def test_the_summary_says_whether_the_model_beats_the_baseline_is_level_or_worse(low: float, high: float,
+                                                                                 start: str) -> None:
+    line = pipeline.versus_baseline_line("rmse", Comparison("rmse", (low + high) / 2, low, high))
+    assert line.startswith(start), line
