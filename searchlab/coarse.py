@@ -59,17 +59,41 @@ class PairedChoice:
         ok = [(value, trial) for value, trial in self.trials.items() if trial.ok]
         return max(ok, key=lambda item: item[1].mean_score)[0] if ok else None
 
-    def explain(self, scoring: Scoring) -> str:
-        """One line: each value's mean CV score and spread over the folds, the chosen first."""
+    @property
+    def contenders(self) -> tuple[Any, ...]:
+        """The values the comparison cannot tell apart: the chosen one and each that scores at least as well as
+        it on one of the folds or more (a few folds cannot tell a near tie from a difference). In listed order."""
+        chosen = self.chosen
+        if chosen is None:
+            return ()
+        best = np.asarray(self.trials[chosen].fold_scores)
+        return tuple(value for value, trial in self.trials.items()
+                     if trial.ok and (value == chosen or bool((np.asarray(trial.fold_scores) >= best).any())))
+
+    def explain(self, scoring: Scoring, *, searched: bool = False) -> str:
+        """One line: what became of the choice (fixed, or `searched` further among its contenders) and each
+        value's mean CV score and spread over the folds, the chosen first."""
         chosen = self.chosen
         if chosen is None:
             return f"{self.name}: not decided: every value failed on the coarse winner (see the FAILED trial runs)"
         order = sorted(self.trials, key=lambda value: value != chosen)
         shown = ", ".join(f"{value} {scoring.to_metric(trial.mean_score):.4f} ± {trial.std_score:.4f}" if trial.ok
                           else f"{value} failed" for value in order for trial in [self.trials[value]])
+        folds = len(self.trials[chosen].fold_scores)
+        others = [value for value in self.contenders if value != chosen]
+        if searched:
+            return (f"{self.name}: searched further among {{{', '.join(map(str, self.contenders))}}}: a paired "
+                    f"comparison on the coarse winner could not tell them apart (each at least as good as the best "
+                    f"mean on one of the same {folds} folds or more; mean CV {scoring.display_name}): {shown}")
+        tie = (f"; {', '.join(map(str, others))} as good on a fold, but the fine stage had no place left to search "
+               f"{self.name}" if others else "")
         return (f"{self.name}: fixed at {chosen}, by a paired comparison on the coarse winner (the same "
-                f"{len(self.trials[chosen].fold_scores)} folds for each value; mean CV {scoring.display_name}): "
-                f"{shown}")
+                f"{folds} folds for each value; mean CV {scoring.display_name}): {shown}{tie}")
+
+    def undecided(self) -> Param | None:
+        """The choice among the contenders, for the fine stage to decide; None when one value stands out."""
+        contenders = self.contenders
+        return Param(self.name, "choice", values=contenders) if len(contenders) > 1 else None
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ even when the score depends on none of them, so each influence comes with a 95% 
 (bootstrap over candidates) and a permutation test against chance: the score ranks are
 shuffled over the candidates, and a hyperparameter is *shown to matter* when its influence
 beats the largest of all hyperparameters' influences in 95% of the shuffles (a family-wise
-test: with nothing to find, 5% of searches report anything). Those are searched first;
-each free place goes to the hyperparameter that explains most of what those before it leave
-unexplained (forward selection: when two matter, the second stands out once the first is
-accounted for). The searched few keep a range spanning the best candidates' values; the
-rest are fixed: a number at the best candidate's value, a choice at the one whose
-candidates rank best on average (a single lucky candidate does not decide a choice).
+test: with nothing to find, 5% of searches report anything). Those are searched first, then
+any choice the coarse stage's paired comparisons could not decide; each free place left goes
+to the hyperparameter that explains most of what those before it leave unexplained (forward
+selection: when two matter, the second stands out once the first is accounted for). The
+searched few keep a range spanning the best candidates' values; the rest are fixed: a number
+at the best candidate's value, a choice at the one whose candidates rank best on average (a
+single lucky candidate does not decide a choice).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from searchlab.space import Param, Space
 
 _MIN_TOP = 3  # the narrowed range spans at least this many of the best candidates
 _MARGIN = 0.1  # widen a narrowed range by this share of the original span on each side
-_ONLY = "only {} are searched further: those shown to matter, then those explaining most of the rest"
+_ONLY = ("only {} are searched further: those shown to matter, then the choices the paired comparisons left open, "
+         "then those explaining most of the rest")
 ALPHA = 0.05  # family-wise level of the test against chance
 _RESAMPLES = 1000  # permutations, and bootstrap resamples, per narrowing
 
@@ -93,10 +95,11 @@ class FineSpace:
     n_candidates: int
     n_top: int
     n_failed: int
-    decided: tuple[str, ...] = ()  # how the choices fixed outside the narrowing were decided, a line each
+    decided: tuple[str, ...] = ()  # how the choices outside the narrowing (paired comparisons) went, a line each
 
     def with_decided(self, fixed: Mapping[str, Any], why: Sequence[str]) -> FineSpace:
-        """This space with hyperparameters the coarse stage decided otherwise (its paired comparisons) fixed."""
+        """This space with the choices the coarse stage decided otherwise (its paired comparisons) fixed, and the
+        account's lines on each."""
         return dataclasses.replace(self, fixed={**self.fixed, **fixed}, decided=(*self.decided, *why))
 
     @property
@@ -128,6 +131,7 @@ def narrow(
     max_params: int,
     top_fraction: float,
     *,
+    undecided: Mapping[str, Param] | None = None,
     seed: int = 0,
 ) -> FineSpace:
     """Build the fine space from coarse `(params, score)` pairs (score higher is better, NaN if failed).
@@ -137,6 +141,8 @@ def narrow(
         space: the coarse space the values were sampled from.
         max_params: how many hyperparameters to keep searching.
         top_fraction: share of the best candidates whose values bound the narrowed ranges.
+        undecided: choices outside `space` the coarse stage could not decide (its paired comparisons' near ties),
+            with the values left: searched after those shown to matter, before the rest, while places are left.
         seed: seeds the permutations and bootstrap resamples (the same inputs give the same result).
 
     Raises:
@@ -158,7 +164,13 @@ def narrow(
     waiting = sorted(space, key=lambda name: (not influence[name].shown, -influence[name].share))
     tuned: dict[str, Param] = {}
     decisions: list[Decision] = []
-    while waiting:
+    left_open = list((undecided or {}).values())
+    while waiting or left_open:
+        if left_open and (not waiting or not influence[waiting[0]].shown):
+            choice = left_open.pop(0)
+            if len(tuned) < max_params:
+                tuned[choice.name] = choice
+            continue
         name = waiting[0]
         if not influence[name].shown and len(tuned) < max_params:
             name = _explains_most_of_the_rest(waiting, features, [features[d.name] for d in decisions], ranks)

@@ -199,11 +199,14 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     search = _OpenSearch(tracker, parent, finished, hooks)
     try:
         coarse = _coarse_stage(search, ctx, config, space, paired)
+        undecided = {choice.name: param for choice in coarse.paired if (param := choice.undecided()) is not None}
         fine_space = narrow([(t.params, t.mean_score) for t in coarse.sampled], coarse.space,
-                            config.search.fine.max_params, config.search.fine.top_fraction, seed=config.seed)
-        fine_space = fine_space.with_decided({choice.name: choice.chosen for choice in coarse.paired
-                                              if choice.chosen is not None},
-                                             [choice.explain(scoring) for choice in coarse.paired])
+                            config.search.fine.max_params, config.search.fine.top_fraction, undecided=undecided,
+                            seed=config.seed)
+        fine_space = fine_space.with_decided(
+            {choice.name: choice.chosen for choice in coarse.paired
+             if choice.chosen is not None and choice.name not in fine_space.tuned},
+            [choice.explain(scoring, searched=choice.name in fine_space.tuned) for choice in coarse.paired])
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
         say("\n" + fine_space.account() + "\n")
 

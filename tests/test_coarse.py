@@ -209,6 +209,26 @@ def test_a_paired_choice_whose_every_value_failed_decides_nothing() -> None:
     assert coarse.PairedChoice("scaling", ok).chosen == "standard"
 
 
+def test_a_paired_choice_leaves_open_the_values_it_cannot_tell_from_the_best() -> None:
+    """A value at least as good as the chosen one on some fold is a contender, left for the fine stage to decide;
+    one behind on every fold, or failed, is not; with a single contender the choice is decided."""
+    scores = {"standard": (0.80, 0.82, 0.81), "quantile": (0.90, 0.86, 0.91), "piecewise": (0.88, 0.87, 0.89),
+              "failed": (float("nan"),) * 3}
+    trials = {value: CoarseTrial(i, {"scaling": value}, s, error="nan loss" if value == "failed" else None)
+              for i, (value, s) in enumerate(scores.items())}
+    choice = coarse.PairedChoice("scaling", trials)
+    assert choice.chosen == "quantile"
+    assert choice.contenders == ("quantile", "piecewise")
+    assert choice.undecided() == Param("scaling", "choice", values=("quantile", "piecewise"))
+    scoring = scoring_for("binary", None)
+    assert choice.explain(scoring, searched=True).startswith("scaling: searched further among {quantile, piecewise}")
+    assert choice.explain(scoring).endswith("piecewise as good on a fold, but the fine stage had no place left to "
+                                            "search scaling")
+    clear = coarse.PairedChoice("scaling", {v: t for v, t in trials.items() if v != "piecewise"})
+    assert clear.contenders == ("quantile",) and clear.undecided() is None
+    assert "as good on a fold" not in clear.explain(scoring)
+
+
 def test_diverging_candidates_fail_with_the_reason_and_the_rest_score() -> None:
     """SGD at learning rate 1e6 overflows: those candidates fail (NaN score, the reason kept) while the others
     are scored, without scikit-learn refusing a batch whose every fit failed."""

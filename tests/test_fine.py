@@ -92,6 +92,18 @@ def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path, pool: Tria
     assert result.coarse_winner.params["epochs"] == 3  # trained for Hyperband's budget, like the trials
 
 
+def test_a_scaling_left_open_is_searched_each_trial_on_its_own_scaled_split(tmp_path: Path, pool: TrialPool) -> None:
+    """A scaling the paired comparison could not decide is a grid choice: one trial per value, each trained on
+    the split scaled its way (the same network and seed otherwise, so their curves differ only by the scaling)."""
+    config, ctx = stage_inputs("model.epochs=2")
+    space = fine_space(Param("scaling", "choice", values=("quantile", "piecewise")), learning_rate=0.01)
+    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, pool=pool)
+    by_scaling = {t.tuned["scaling"]: t for t in result.trials}
+    assert set(by_scaling) == {"quantile", "piecewise"} and all(t.ok for t in result.trials)
+    assert by_scaling["quantile"].curves["val_loss"] != by_scaling["piecewise"].curves["val_loss"]
+    assert result.coarse_winner.params["scaling"] == ctx.defaults["scaling"]
+
+
 def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path, pool: TrialPool) -> None:
     config, ctx = stage_inputs("model.epochs=2")
     space = fine_space(Param("learning_rate", "choice", values=(0.01, 1e30)), optimizer="sgd", layers=1)

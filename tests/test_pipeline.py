@@ -164,15 +164,24 @@ def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient, Reco
 
 
 def test_the_paired_choice_is_the_fine_stage_s(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
-    """The scaling the coarse stage's paired comparison chose is fixed for every fine trial and the final model,
-    and the narrowing account says how it was chosen."""
+    """The scaling the coarse stage's paired comparison chose is fixed for every fine trial and the final model;
+    when it could not tell the values apart, the fine stage searches them (in a place the shown ones leave free).
+    Either way the narrowing account says how it was decided."""
     result, _, _ = smoke
     [choice] = result.coarse.paired
-    assert result.fine_space.fixed["scaling"] == choice.chosen == result.coarse.best.params["scaling"]
-    assert all(t.params["scaling"] == choice.chosen for t in result.fine.all_trials)
-    assert result.final.params["scaling"] == choice.chosen
-    assert f"- scaling: fixed at {choice.chosen}, by a paired comparison on the coarse winner" in \
-        result.fine_space.account()
+    account = result.fine_space.account()
+    searched = "scaling" in result.fine_space.tuned
+    assert searched == (choice.undecided() is not None and len(result.fine_space.shown) < 2)
+    if not searched:
+        assert result.fine_space.fixed["scaling"] == choice.chosen == result.coarse.best.params["scaling"]
+        assert all(t.params["scaling"] == choice.chosen for t in result.fine.all_trials)
+        assert result.final.params["scaling"] == choice.chosen
+        assert f"- scaling: fixed at {choice.chosen}, by a paired comparison on the coarse winner" in account
+    else:
+        assert result.fine_space.tuned["scaling"] == choice.undecided() and "scaling" not in result.fine_space.fixed
+        assert {t.params["scaling"] for t in result.fine.trials} == set(choice.contenders)
+        assert result.final.params["scaling"] in choice.contenders
+        assert "- scaling: searched further among {" in account
 
 
 def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
