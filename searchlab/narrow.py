@@ -37,8 +37,7 @@ from searchlab.space import Param, Space
 
 _MIN_TOP = 3  # the narrowed range spans at least this many of the best candidates
 _MARGIN = 0.1  # widen a narrowed range by this share of the original span on each side
-_ONLY = ("only {} are searched further: those shown to matter, then the choices the paired comparisons left open, "
-         "then those explaining most of the rest")
+_ONLY = "only {} are searched further: those shown to matter, {}then those explaining most of the rest"
 ALPHA = 0.05  # family-wise level of the test against chance
 _RESAMPLES = 1000  # permutations, and bootstrap resamples, per narrowing
 
@@ -165,6 +164,7 @@ def narrow(
     tuned: dict[str, Param] = {}
     decisions: list[Decision] = []
     left_open = list((undecided or {}).values())
+    only = _ONLY.format(max_params, "then the choices the paired comparisons left open, " if left_open else "")
     while waiting or left_open:
         if left_open and (not waiting or not influence[waiting[0]].shown):
             choice = left_open.pop(0)
@@ -187,10 +187,10 @@ def narrow(
             value, mean_rank = _best_on_average([t[0][name] for t in trials], ranks, param)
             decisions.append(Decision(name, influence[name], param, None, value,
                                       f"the choice whose candidates rank best on average ({mean_rank:.1f} of "
-                                      f"{len(trials)}, shrunk towards the mean); {_ONLY.format(max_params)}"))
+                                      f"{len(trials)}, shrunk towards the mean); {only}"))
         else:
             decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]),
-                                      f"the best candidate's value; {_ONLY.format(max_params)}"))
+                                      f"the best candidate's value; {only}"))
     decisions.sort(key=lambda d: (not d.influence.shown, -d.influence.share))  # the account reads by influence
     fixed = {d.name: d.fixed_value for d in decisions if not d.kept}
     return FineSpace(tuned, fixed, tuple(decisions), len(trials), n_top, int((~ok).sum()))

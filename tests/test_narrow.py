@@ -306,9 +306,11 @@ def test_a_choice_the_paired_comparison_left_open_is_searched_after_those_shown_
 
 def test_with_nothing_shown_an_undecided_choice_comes_first() -> None:
     rng = np.random.default_rng(0)
-    fine = narrow([(p, float(rng.normal())) for p in _sample(SPACE, 20, 0)], SPACE, 1, 0.25, undecided=UNDECIDED)
+    trials = [(p, float(rng.normal())) for p in _sample(SPACE, 20, 0)]
+    fine = narrow(trials, SPACE, 1, 0.25, undecided=UNDECIDED)
     assert not fine.shown and list(fine.tuned) == ["scaling"]
     assert "then the choices the paired comparisons left open" in fine.account()
+    assert "left open" not in narrow(trials, SPACE, 1, 0.25).account()
 
 
 def test_influence_intervals_and_p_values() -> None:
