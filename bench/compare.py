@@ -14,7 +14,7 @@ and about the same planned number of training epochs, B, taken from searchlab's 
   random-search          RandomizedSearchCV over the coarse space, n_iter * cv * epochs ~ B
   kerastuner-hyperband   KerasTuner Hyperband over the coarse space on a validation split
   halving-random-search  HalvingRandomSearchCV with epochs as the resource
-  optuna-tpe             Optuna's TPE sampler with a median pruner, until its epochs reach B
+  optuna-tpe             Optuna's TPE sampler with a median pruner, (B - epochs) // epochs trials
   gbdt-reference         gradient-boosted trees with scikit-learn's defaults: no search, the summary's reference
 
 The non-searchlab searches refit their best candidate on all training rows with

@@ -30,11 +30,17 @@ class Plan:
     kerastuner: int
     halving_candidates: int
     halving: int
+    optuna_trials: int
+
+    @property
+    def optuna(self) -> int:
+        """Optuna plans `epochs` per trial (its pruner, like early stopping, ends many sooner), + the refit."""
+        return self.optuna_trials * self.epochs + self.epochs
 
     def planned(self, method: str) -> int:
         return {"searchlab-grid": self.budget, "searchlab-hyperband": self.hyperband, "random-search": self.random,
                 "kerastuner-hyperband": self.kerastuner, "halving-random-search": self.halving,
-                "optuna-tpe": self.budget, "gbdt-reference": 0}[method]
+                "optuna-tpe": self.optuna, "gbdt-reference": 0}[method]
 
 
 def hyperband_epochs(max_epochs: int, factor: int) -> int:
@@ -80,4 +86,5 @@ def make_plan(config: Config) -> Plan:
                      key=lambda n: abs(halving_epochs(n, epochs, fine.factor, coarse.cv) + epochs - budget))
     return Plan(epochs, budget, hb_iterations, hyperband, n_iter, n_iter * coarse.cv * epochs + epochs,
                 kt_iterations, kt_iterations * per_kt + epochs, candidates,
-                halving_epochs(candidates, epochs, fine.factor, coarse.cv) + epochs)
+                halving_epochs(candidates, epochs, fine.factor, coarse.cv) + epochs,
+                max(1, (budget - epochs) // epochs))

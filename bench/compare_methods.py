@@ -390,7 +390,8 @@ class _ReportEpochs(keras.callbacks.Callback):
 
 def run_optuna(bench: Bench, started: float) -> MethodResult:
     """Optuna's TPE sampler with a median pruner on epochs, over the coarse space, on searchlab's fine-stage
-    validation split and training callbacks, until the trained epochs reach the budget B (less the refit)."""
+    validation split and training callbacks: as many trials of up to `epochs` as B holds (less the refit), planned
+    as the other methods' fits are (the pruner and early stopping end most sooner)."""
     try:
         import optuna
     except ImportError as exc:
@@ -432,14 +433,10 @@ def run_optuna(bench: Bench, started: float) -> MethodResult:
         series = [v for v in curves[trial.number].get(scoring.val_key, []) if math.isfinite(v)]
         return scoring.to_score(min(series) if scoring.negated else max(series))
 
-    def within_budget(study: Any, trial: Any) -> None:
-        if sum(len(c.get("loss", [])) for c in curves.values()) >= bench.plan.budget - bench.plan.epochs:
-            study.stop()
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=bench.seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5))
-    study.optimize(objective, callbacks=[within_budget])
+    study.optimize(objective, n_trials=bench.plan.optuna_trials)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     trace = sorted((ended[t.number] - started, float(t.value if t.value is not None else math.nan)) for t in complete)
     best = study.best_trial
