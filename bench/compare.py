@@ -187,6 +187,11 @@ def report(bench: Bench, results: Sequence[MethodResult], out: Path, prefix: str
                 "paired_against": anchor(results),
                 "methods": [{k: v for k, v in asdict(r).items() if k != "test_prediction"} for r in results]}
     stem.with_suffix(".json").write_text(json.dumps(_finite(document), indent=1) + "\n")
+    # the test predictions, so that runs made apart (same data set and seed) can be compared pairwise: paired.py
+    arrays: dict[str, Any] = {r.method: r.test_prediction for r in results
+                              if r.test_prediction is not None and not r.error}
+    np.savez_compressed(stem.with_suffix(".npz"), y_test=bench.data.y_test, task=bench.data.task,
+                        scoring=bench.scoring.name, seed=bench.seed, **arrays)
     plot(bench, results, stem.with_suffix(".png"))
 
     for r in results:
