@@ -256,8 +256,8 @@ class Target:
         return good and (self.time_limit is None or result.wall_time <= self.time_limit)
 
 
-TARGETS = (Target("avila-tr", "accuracy", 0.97, False, 20 * 60), Target("tree_class", "log_loss", 0.155, True),
-           Target("traffic_volume", "mse", 24.0, True))
+TARGETS = (Target("avila-tr", "accuracy", 0.98, False, 12 * 60), Target("tree_class", "log_loss", 0.130, True, 12 * 60),
+           Target("traffic_volume", "mse", 25.5, True, 12 * 60), Target("digits", "accuracy", 0.975, False, 12 * 60))
 
 
 def time_to_reach(trace: Trace, score: float) -> float | None:
