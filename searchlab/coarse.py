@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ import numpy as np
 from joblib.externals.loky import reusable_executor
 from scikeras.utils.random_state import tensorflow_random_state
 from scikeras.wrappers import KerasClassifier, KerasRegressor
+from scipy.stats import t as student_t
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import KFold, ParameterSampler, RandomizedSearchCV, StratifiedKFold
@@ -44,6 +45,18 @@ from searchlab.scaling import FeatureScaler
 from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space, stratify_choices
 from searchlab.trials import CoarseTrial
 
+OPEN_LEVEL = 0.10  # a paired value is left open unless shown worse than the best at this level
+
+
+def _shown_worse(scores: Sequence[float], best: Sequence[float]) -> bool:
+    """A one-sided paired t-test over the folds: `scores` below `best` at the `OPEN_LEVEL`. Identical folds
+    (no spread) are a tie; a constant shortfall is shown."""
+    differences = np.subtract(best, scores)
+    mean, spread = float(differences.mean()), float(differences.std(ddof=1))
+    if spread <= 1e-12:
+        return mean > 1e-12
+    return bool(student_t.sf(mean / (spread / np.sqrt(len(differences))), len(differences) - 1) <= OPEN_LEVEL)
+
 
 @dataclass(frozen=True)
 class PairedChoice:
@@ -61,14 +74,15 @@ class PairedChoice:
 
     @property
     def contenders(self) -> tuple[Any, ...]:
-        """The values the comparison cannot tell apart: the chosen one and each that scores at least as well as
-        it on one of the folds or more (a few folds cannot tell a near tie from a difference). In listed order."""
+        """The values the comparison cannot tell apart: the chosen one and each not shown worse than it by a
+        one-sided paired t-test over the folds at the `OPEN_LEVEL` (three folds tell only clear differences).
+        In listed order."""
         chosen = self.chosen
         if chosen is None:
             return ()
-        best = np.asarray(self.trials[chosen].fold_scores)
+        best = self.trials[chosen].fold_scores
         return tuple(value for value, trial in self.trials.items()
-                     if trial.ok and (value == chosen or bool((np.asarray(trial.fold_scores) >= best).any())))
+                     if trial.ok and (value == chosen or not _shown_worse(trial.fold_scores, best)))
 
     def explain(self, scoring: Scoring, *, searched: bool = False) -> str:
         """One line: what became of the choice (fixed, or `searched` further among its contenders) and each
@@ -83,9 +97,10 @@ class PairedChoice:
         others = [value for value in self.contenders if value != chosen]
         if searched:
             return (f"{self.name}: searched further among {{{', '.join(map(str, self.contenders))}}}: a paired "
-                    f"comparison on the coarse winner could not tell them apart (each at least as good as the best "
-                    f"mean on one of the same {folds} folds or more; mean CV {scoring.display_name}): {shown}")
-        tie = (f"; {', '.join(map(str, others))} as good on a fold, but the fine stage had no place left to search "
+                    f"comparison on the coarse winner could not tell them apart (none shown worse than the best mean "
+                    f"by a paired t-test over the same {folds} folds at the {OPEN_LEVEL:.0%} level; mean CV "
+                    f"{scoring.display_name}): {shown}")
+        tie = (f"; {', '.join(map(str, others))} not shown worse, but the fine stage had no place left to search "
                f"{self.name}" if others else "")
         return (f"{self.name}: fixed at {chosen}, by a paired comparison on the coarse winner (the same "
                 f"{folds} folds for each value; mean CV {scoring.display_name}): {shown}{tie}")

@@ -210,8 +210,9 @@ def test_a_paired_choice_whose_every_value_failed_decides_nothing() -> None:
 
 
 def test_a_paired_choice_leaves_open_the_values_it_cannot_tell_from_the_best() -> None:
-    """A value at least as good as the chosen one on some fold is a contender, left for the fine stage to decide;
-    one behind on every fold, or failed, is not; with a single contender the choice is decided."""
+    """A value not shown worse than the chosen one (a one-sided paired t-test over the folds, at 10%) is a
+    contender, left for the fine stage to decide; one clearly behind, or failed, is not; with a single contender
+    the choice is decided."""
     scores = {"standard": (0.80, 0.82, 0.81), "quantile": (0.90, 0.86, 0.91), "piecewise": (0.88, 0.87, 0.89),
               "failed": (float("nan"),) * 3}
     trials = {value: CoarseTrial(i, {"scaling": value}, s, error="nan loss" if value == "failed" else None)
@@ -222,11 +223,22 @@ def test_a_paired_choice_leaves_open_the_values_it_cannot_tell_from_the_best() -
     assert choice.undecided() == Param("scaling", "choice", values=("quantile", "piecewise"))
     scoring = scoring_for("binary", None)
     assert choice.explain(scoring, searched=True).startswith("scaling: searched further among {quantile, piecewise}")
-    assert choice.explain(scoring).endswith("piecewise as good on a fold, but the fine stage had no place left to "
+    assert choice.explain(scoring).endswith("piecewise not shown worse, but the fine stage had no place left to "
                                             "search scaling")
     clear = coarse.PairedChoice("scaling", {v: t for v, t in trials.items() if v != "piecewise"})
     assert clear.contenders == ("quantile",) and clear.undecided() is None
-    assert "as good on a fold" not in clear.explain(scoring)
+    assert "not shown worse" not in clear.explain(scoring)
+
+
+@pytest.mark.parametrize(("scores", "best", "worse"), [
+    ((0.9395, 0.9666, 0.9374), (0.9687, 0.9666, 0.9749), True),  # level on one fold, far behind on the others
+    ((0.9749, 0.9457, 0.9708), (0.9687, 0.9666, 0.9749), False),  # ahead on one fold: a near tie
+    ((0.80, 0.80, 0.80), (0.81, 0.81, 0.81), True),  # behind by the same on every fold
+    ((0.81, 0.81, 0.81), (0.81, 0.81, 0.81), False),  # the same on every fold
+])
+def test_a_value_is_shown_worse_by_a_paired_test_over_the_folds(scores: tuple[float, ...], best: tuple[float, ...],
+                                                                worse: bool) -> None:
+    assert coarse._shown_worse(scores, best) is worse
 
 
 def test_diverging_candidates_fail_with_the_reason_and_the_rest_score() -> None:
