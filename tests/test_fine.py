@@ -96,11 +96,11 @@ def test_a_scaling_left_open_is_searched_each_trial_on_its_own_scaled_split(tmp_
     """A scaling the paired comparison could not decide is a grid choice: one trial per value, each trained on
     the split scaled its way (the same network and seed otherwise, so their curves differ only by the scaling)."""
     config, ctx = stage_inputs("model.epochs=2")
-    space = fine_space(Param("scaling", "choice", values=("quantile", "piecewise")), learning_rate=0.01)
+    space = fine_space(Param("scaling", "choice", values=("standard", "quantile")), learning_rate=0.01)
     result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, pool=pool)
     by_scaling = {t.tuned["scaling"]: t for t in result.trials}
-    assert set(by_scaling) == {"quantile", "piecewise"} and all(t.ok for t in result.trials)
-    assert by_scaling["quantile"].curves["val_loss"] != by_scaling["piecewise"].curves["val_loss"]
+    assert set(by_scaling) == {"standard", "quantile"} and all(t.ok for t in result.trials)
+    assert by_scaling["standard"].curves["val_loss"] != by_scaling["quantile"].curves["val_loss"]
     assert result.coarse_winner.params["scaling"] == ctx.defaults["scaling"]
 
 

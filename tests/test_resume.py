@@ -65,7 +65,7 @@ class Resumed:
 
 
 N_ITER = 4
-PAIRED = ("search.coarse.paired.scaling=[standard,piecewise]",)  # two more coarse candidates: the winner with each
+PAIRED = ("search.coarse.paired.scaling=[standard,quantile]",)  # two more coarse candidates: the winner with each
 N_COARSE = N_ITER + 2
 
 
