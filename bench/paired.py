@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     task, y_test = str(first["task"]), first["y_test"]
     scoring = scoring_for(task, str(first["scoring"]))
     metric = scoring.display_name
-    against = next((name for name in predictions if args.against and name.endswith(f"/{args.against}")), None) \
-        if args.against else next((name for name in predictions if "/searchlab" in name), None)
+    against = next((name for name in predictions
+                    if (name.endswith(f"/{args.against}") if args.against else "/searchlab" in name)), None)
     if args.against and against is None:
         parser.error(f"--against {args.against}: no such method in {', '.join(sorted(predictions))}")
 
