@@ -84,8 +84,8 @@ class PairedChoice:
         return tuple(value for value, trial in self.trials.items()
                      if trial.ok and (value == chosen or not _shown_worse(trial.fold_scores, best)))
 
-    def explain(self, scoring: Scoring, *, searched: bool = False) -> str:
-        """One line: what became of the choice (fixed, or `searched` further among its contenders) and each
+    def explain(self, scoring: Scoring) -> str:
+        """One line: what became of the choice (fixed, or left to the fine stage among its contenders) and each
         value's mean CV score and spread over the folds, the chosen first."""
         chosen = self.chosen
         if chosen is None:
@@ -94,16 +94,14 @@ class PairedChoice:
         shown = ", ".join(f"{value} {scoring.to_metric(trial.mean_score):.4f} ± {trial.std_score:.4f}" if trial.ok
                           else f"{value} failed" for value in order for trial in [self.trials[value]])
         folds = len(self.trials[chosen].fold_scores)
-        others = [value for value in self.contenders if value != chosen]
-        if searched:
-            return (f"{self.name}: searched further among {{{', '.join(map(str, self.contenders))}}}: a paired "
-                    f"comparison on the coarse winner could not tell them apart (none shown worse than the best mean "
-                    f"by a paired t-test over the same {folds} folds at the {OPEN_LEVEL:.0%} level; mean CV "
-                    f"{scoring.display_name}): {shown}")
-        tie = (f"; {', '.join(map(str, others))} not shown worse, but the fine stage had no place left to search "
-               f"{self.name}" if others else "")
+        if len(self.contenders) > 1:
+            return (f"{self.name}: left to the fine stage among {{{', '.join(map(str, self.contenders))}}}, which "
+                    f"trains the coarse winner with each on its split before the grid and keeps the best: a paired "
+                    f"comparison could not tell them apart (none shown worse than the best mean by a paired t-test "
+                    f"over the same {folds} folds at the {OPEN_LEVEL:.0%} level; mean CV {scoring.display_name}): "
+                    f"{shown}")
         return (f"{self.name}: fixed at {chosen}, by a paired comparison on the coarse winner (the same "
-                f"{folds} folds for each value; mean CV {scoring.display_name}): {shown}{tie}")
+                f"{folds} folds for each value; mean CV {scoring.display_name}): {shown}")
 
     def undecided(self) -> Param | None:
         """The choice among the contenders, for the fine stage to decide; None when one value stands out."""

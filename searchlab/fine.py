@@ -38,7 +38,8 @@ from searchlab.model import (
     training_callbacks,
 )
 from searchlab.narrow import FineSpace
-from searchlab.trials import COARSE_WINNER, EDGE_PREFIX, FineTrial
+from searchlab.space import Param
+from searchlab.trials import COARSE_WINNER, EDGE_PREFIX, SETTLE_PREFIX, FineTrial
 
 _T = TypeVar("_T")
 
@@ -109,12 +110,13 @@ def run_fine(
     distribute: Distribute | None = None,
     pool: TrialPool | None = None,
 ) -> FineResult:
-    """Search `space` with KerasTuner, then train the coarse winner under the same protocol.
+    """Search `space` with KerasTuner, then train the coarse winner under the same protocol; choices the coarse
+    stage left open are settled first (`_settle`), starting from the coarse winner.
 
     Args:
         coarse_best: the coarse winner's sampled values (the rest are `ctx.defaults`).
         workdir: where KerasTuner and the Hyperband checkpoints live; kept for resuming.
-        on_trial: called with each newly finished trial, the coarse winner last.
+        on_trial: called with each newly finished trial, the coarse winner last (first, when settling).
         finished: trials already recorded (by trial id), replayed rather than trained again. KerasTuner
             cannot reload a grid search (keras-tuner#1055), so a resumed search starts the tuner
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
@@ -124,31 +126,65 @@ def run_fine(
     """
     finished = dict(finished or {})
     report = on_trial or (lambda trial: None)
-    base = {**ctx.defaults, **space.fixed}
     winner_values = {**ctx.defaults, **coarse_best}
-    tuned = space.tuned.get("scaling")
-    scalings = {base["scaling"], winner_values["scaling"], *(tuned.values if tuned else ())}
+    if settings.kind == "hyperband":
+        winner_values["epochs"] = settings.max_epochs
+    scalings = {winner_values["scaling"], space.fixed.get("scaling", winner_values["scaling"])}
+    for param in (space.tuned.get("scaling"), space.left_open.get("scaling")):
+        scalings.update(param.values if param else ())
     job = _train_job(ctx, settings, ctx.seed, scalings)
-    search = FineSearch(space, base, settings, ctx.scoring, ctx.seed, workdir, job)
-    tuner = search.tuner(report, finished, pool=pool)
+    owned = pool is None
+    pool = pool or TrialPool()
+
+    def train(trial_id: str, values: dict[str, Any], tuned: Mapping[str, Any]) -> FineTrial:
+        trial = finished.get(trial_id)
+        if trial is None:
+            trial = _fixed_trial(pool, job, ctx.scoring, trial_id, values, tuned)
+            report(trial)
+        return trial
+
     try:
+        winner = train(COARSE_WINNER, winner_values, {}) if space.left_open else None
+        settled, settling = _settle(space.left_open, winner, train) if winner else ({}, {})
+        base = {**ctx.defaults, **space.fixed, **settled}
+        search = FineSearch(space, base, settings, ctx.scoring, ctx.seed, workdir, job)
+        tuner = search.tuner(report, finished, pool=pool)
         if distribute is None:
             tuner.search(verbose=0)
             done = tuner.finished
         else:
             done = distribute(search, tuner.oracle)
         if settings.kind == "grid" and settings.beyond_edges:
-            done = {**done, **_beyond_edges(tuner, space, settings.points, done, finished, report)}
-        winner = finished.get(COARSE_WINNER)
-        if winner is None:
-            if settings.kind == "hyperband":
-                winner_values["epochs"] = settings.max_epochs
-            winner = tuner.train_fixed(COARSE_WINNER, winner_values)
-            report(winner)
+            done = {**done, **_beyond_edges(train, space, settings.points, done)}
+        winner = winner or train(COARSE_WINNER, winner_values, {})
     finally:
-        tuner.stop()
-    trials = sorted((t for trial_id, t in done.items() if trial_id != COARSE_WINNER), key=lambda t: t.trial_id)
+        if owned:
+            pool.kill()
+    trials = sorted((t for trial_id, t in {**settling, **done}.items() if trial_id != COARSE_WINNER),
+                    key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
+
+
+def settling_trials(space: FineSpace) -> int:
+    """How many trials `_settle` trains: each value of a choice left open but one."""
+    return sum(len(param.values) - 1 for param in space.left_open.values())
+
+
+def _settle(left_open: Mapping[str, Param], winner: FineTrial, train: _Train) -> tuple[dict[str, Any],
+                                                                                        dict[str, FineTrial]]:
+    """Settle the choices the coarse stage left open, one after the other, on the fine split: the best so far
+    (first the coarse winner) trained with each other value of the choice; the best score keeps its value.
+    Returns the settled values and the trials, ids `settle-<name>-<value>`."""
+    best, trials = winner, {}
+    for name, param in left_open.items():
+        tried = [best]
+        for value in param.values:
+            if value != best.params[name]:
+                trial_id = f"{SETTLE_PREFIX}{name}-{value}"
+                trials[trial_id] = train(trial_id, {**best.params, name: value}, {name: value})
+                tried.append(trials[trial_id])
+        best = max((t for t in tried if t.ok), key=lambda t: t.score, default=best)  # a tie keeps the earlier
+    return {name: best.params[name] for name in left_open}, trials
 
 
 def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[str, list[Any]]:
@@ -175,11 +211,10 @@ def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[
     return found
 
 
-def _beyond_edges(tuner: Any, space: FineSpace, points: int, done: Mapping[str, FineTrial],
-                  finished: Mapping[str, FineTrial], report: Callable[[FineTrial], None]) -> dict[str, FineTrial]:
+def _beyond_edges(train: _Train, space: FineSpace, points: int, done: Mapping[str, FineTrial]) -> dict[str, FineTrial]:
     """A second round for the grid's best trial when it sits on an edge the narrowing drew: the same values with
     that one hyperparameter moved further out (`edge_values`), trained under the fine protocol. Trial ids
-    `edge-<name>-<k>`; recorded ones are replayed."""
+    `edge-<name>-<k>`."""
     completed = [t for trial_id, t in done.items()
                  if t.ok and trial_id != COARSE_WINNER and not trial_id.startswith(EDGE_PREFIX)]
     if not completed:
@@ -189,11 +224,7 @@ def _beyond_edges(tuner: Any, space: FineSpace, points: int, done: Mapping[str, 
     for name, values in edge_values(space, best.tuned, points).items():
         for k, value in enumerate(values, 1):
             trial_id = f"{EDGE_PREFIX}{name}-{k}"
-            trial = finished.get(trial_id)
-            if trial is None:
-                trial = tuner.train_fixed(trial_id, {**best.params, name: value}, {**best.tuned, name: value})
-                report(trial)
-            trials[trial_id] = trial
+            trials[trial_id] = train(trial_id, {**best.params, name: value}, {**best.tuned, name: value})
     return trials
 
 
@@ -471,17 +502,6 @@ class _TrackingMixin:
             self.on_trial_done(record)
         super().on_trial_end(trial)  # type: ignore[misc]
 
-    def train_fixed(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any] | None = None) -> FineTrial:
-        """Train fixed hyperparameter values under the trials' protocol (data, callbacks, executions); `tuned`:
-        the values the record lists as the fine stage's choice (none for the coarse winner)."""
-        self._histories, self._started = [], time.time()
-        error = None
-        try:
-            self._in_worker(dataclasses.replace(self.job, values=values, epochs=int(values["epochs"])))
-        except kt.errors.FailedTrialError as exc:
-            error = str(exc)
-        return self._record(trial_id, values, dict(tuned or {}), error)
-
     def stop(self) -> None:
         """End the tuner's own trial worker process at once (a running trial with it)."""
         if self._owns_pool:
@@ -493,10 +513,32 @@ class _TrackingMixin:
         return histories
 
     def _record(self, trial_id: str, values: dict[str, Any], tuned: dict[str, Any], error: str | None) -> FineTrial:
-        curves = execution_means(self._histories)
-        first_epoch = min((int(h["epoch"][0]) for h in self._histories if h["epoch"]), default=0)
-        score = best_score(curves, self.scoring) if error is None else float("nan")
-        return FineTrial(trial_id, values, tuned, score, curves, error, self._started, time.time(), first_epoch)
+        return _trial_record(trial_id, values, tuned, self._histories, self.scoring, error, self._started)
+
+
+# Trains fixed values under the fine protocol (`_fixed_trial`) or replays a recorded trial: (trial id, values, tuned).
+_Train = Callable[[str, dict[str, Any], Mapping[str, Any]], FineTrial]
+
+
+def _fixed_trial(pool: TrialPool, job: _TrainJob, scoring: Scoring, trial_id: str, values: dict[str, Any],
+                 tuned: Mapping[str, Any]) -> FineTrial:
+    """Fixed hyperparameter values trained under the trials' protocol (`job`: data, callbacks, executions) in
+    `pool`; `tuned`: the values the record lists as the fine stage's choice (none for the coarse winner)."""
+    started, histories, error = time.time(), [], None
+    try:
+        histories = pool.run(_train, dataclasses.replace(job, values=values, epochs=int(values["epochs"])))
+    except kt.errors.FailedTrialError as exc:
+        error = str(exc)
+    return _trial_record(trial_id, values, dict(tuned), histories, scoring, error, started)
+
+
+def _trial_record(trial_id: str, values: dict[str, Any], tuned: dict[str, Any],
+                  histories: list[dict[str, list[float]]], scoring: Scoring, error: str | None,
+                  started: float) -> FineTrial:
+    curves = execution_means(histories)
+    first_epoch = min((int(h["epoch"][0]) for h in histories if h["epoch"]), default=0)
+    score = best_score(curves, scoring) if error is None else float("nan")
+    return FineTrial(trial_id, values, tuned, score, curves, error, started, time.time(), first_epoch)
 
 
 class _GridOracle(kt.oracles.GridSearchOracle):

@@ -13,13 +13,12 @@ even when the score depends on none of them, so each influence comes with a 95% 
 (bootstrap over candidates) and a permutation test against chance: the score ranks are
 shuffled over the candidates, and a hyperparameter is *shown to matter* when its influence
 beats the largest of all hyperparameters' influences in 95% of the shuffles (a family-wise
-test: with nothing to find, 5% of searches report anything). Those are searched first, then
-any choice the coarse stage's paired comparisons could not decide; each free place left goes
-to the hyperparameter that explains most of what those before it leave unexplained (forward
-selection: when two matter, the second stands out once the first is accounted for). The
-searched few keep a range spanning the best candidates' values; the rest are fixed: a number
-at the best candidate's value, a choice at the one whose candidates rank best on average (a
-single lucky candidate does not decide a choice).
+test: with nothing to find, 5% of searches report anything). Those are searched first;
+each free place goes to the hyperparameter that explains most of what those before it leave
+unexplained (forward selection: when two matter, the second stands out once the first is
+accounted for). The searched few keep a range spanning the best candidates' values; the
+rest are fixed: a number at the best candidate's value, a choice at the one whose
+candidates rank best on average (a single lucky candidate does not decide a choice).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from searchlab.space import Param, Space
 
 _MIN_TOP = 3  # the narrowed range spans at least this many of the best candidates
 _MARGIN = 0.1  # widen a narrowed range by this share of the original span on each side
-_ONLY = "only {} are searched further: those shown to matter, {}then those explaining most of the rest"
+_ONLY = "only {} are searched further: those shown to matter, then those explaining most of the rest"
 ALPHA = 0.05  # family-wise level of the test against chance
 _RESAMPLES = 1000  # permutations, and bootstrap resamples, per narrowing
 
@@ -95,11 +94,14 @@ class FineSpace:
     n_top: int
     n_failed: int
     decided: tuple[str, ...] = ()  # how the choices outside the narrowing (paired comparisons) went, a line each
+    left_open: dict[str, Param] = dataclasses.field(default_factory=dict)  # near ties the fine stage settles first
 
-    def with_decided(self, fixed: Mapping[str, Any], why: Sequence[str]) -> FineSpace:
-        """This space with the choices the coarse stage decided otherwise (its paired comparisons) fixed, and the
-        account's lines on each."""
-        return dataclasses.replace(self, fixed={**self.fixed, **fixed}, decided=(*self.decided, *why))
+    def with_decided(self, fixed: Mapping[str, Any], why: Sequence[str],
+                     left_open: Mapping[str, Param] | None = None) -> FineSpace:
+        """This space with the choices the coarse stage decided otherwise (its paired comparisons) fixed, those it
+        `left_open` (near ties, with their contenders) for the fine stage, and the account's lines on each."""
+        return dataclasses.replace(self, fixed={**self.fixed, **fixed}, decided=(*self.decided, *why),
+                                   left_open={**self.left_open, **(left_open or {})})
 
     @property
     def shown(self) -> list[str]:
@@ -130,7 +132,6 @@ def narrow(
     max_params: int,
     top_fraction: float,
     *,
-    undecided: Mapping[str, Param] | None = None,
     seed: int = 0,
 ) -> FineSpace:
     """Build the fine space from coarse `(params, score)` pairs (score higher is better, NaN if failed).
@@ -140,8 +141,6 @@ def narrow(
         space: the coarse space the values were sampled from.
         max_params: how many hyperparameters to keep searching.
         top_fraction: share of the best candidates whose values bound the narrowed ranges.
-        undecided: choices outside `space` the coarse stage could not decide (its paired comparisons' near ties),
-            with the values left: searched after those shown to matter, before the rest, while places are left.
         seed: seeds the permutations and bootstrap resamples (the same inputs give the same result).
 
     Raises:
@@ -163,14 +162,7 @@ def narrow(
     waiting = sorted(space, key=lambda name: (not influence[name].shown, -influence[name].share))
     tuned: dict[str, Param] = {}
     decisions: list[Decision] = []
-    left_open = list((undecided or {}).values())
-    only = _ONLY.format(max_params, "then the choices the paired comparisons left open, " if left_open else "")
-    while waiting or left_open:
-        if left_open and (not waiting or not influence[waiting[0]].shown):
-            choice = left_open.pop(0)
-            if len(tuned) < max_params:
-                tuned[choice.name] = choice
-            continue
+    while waiting:
         name = waiting[0]
         if not influence[name].shown and len(tuned) < max_params:
             name = _explains_most_of_the_rest(waiting, features, [features[d.name] for d in decisions], ranks)
@@ -187,10 +179,10 @@ def narrow(
             value, mean_rank = _best_on_average([t[0][name] for t in trials], ranks, param)
             decisions.append(Decision(name, influence[name], param, None, value,
                                       f"the choice whose candidates rank best on average ({mean_rank:.1f} of "
-                                      f"{len(trials)}, shrunk towards the mean); {only}"))
+                                      f"{len(trials)}, shrunk towards the mean); {_ONLY.format(max_params)}"))
         else:
             decisions.append(Decision(name, influence[name], param, None, param.cast(best[name]),
-                                      f"the best candidate's value; {only}"))
+                                      f"the best candidate's value; {_ONLY.format(max_params)}"))
     decisions.sort(key=lambda d: (not d.influence.shown, -d.influence.share))  # the account reads by influence
     fixed = {d.name: d.fixed_value for d in decisions if not d.kept}
     return FineSpace(tuned, fixed, tuple(decisions), len(trials), n_top, int((~ok).sum()))

@@ -29,7 +29,7 @@ from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import ConfigError, SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
 from searchlab.final import FinalResult, HeldOutScores, best_epoch_count, refit_and_test
-from searchlab.fine import FineResult, FineSearch, TrialPool, confirm, run_fine
+from searchlab.fine import FineResult, FineSearch, TrialPool, confirm, run_fine, settling_trials
 from searchlab.metrics import Scoring, scoring_for
 from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
@@ -199,14 +199,13 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     search = _OpenSearch(tracker, parent, finished, hooks)
     try:
         coarse = _coarse_stage(search, ctx, config, space, paired)
-        undecided = {choice.name: param for choice in coarse.paired if (param := choice.undecided()) is not None}
         fine_space = narrow([(t.params, t.mean_score) for t in coarse.sampled], coarse.space,
-                            config.search.fine.max_params, config.search.fine.top_fraction, undecided=undecided,
-                            seed=config.seed)
+                            config.search.fine.max_params, config.search.fine.top_fraction, seed=config.seed)
+        left_open = {choice.name: param for choice in coarse.paired if (param := choice.undecided()) is not None}
         fine_space = fine_space.with_decided(
             {choice.name: choice.chosen for choice in coarse.paired
-             if choice.chosen is not None and choice.name not in fine_space.tuned},
-            [choice.explain(scoring, searched=choice.name in fine_space.tuned) for choice in coarse.paired])
+             if choice.chosen is not None and choice.name not in left_open},
+            [choice.explain(scoring) for choice in coarse.paired], left_open)
         tracker.log_text(parent, fine_space.account(), "narrowing.md")
         say("\n" + fine_space.account() + "\n")
 
@@ -293,10 +292,11 @@ def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_
     settings = config.search.fine
     stage_run = records.open_stage(tracker, search.run_id, "fine", finished)
     tracker.log_dict(stage_run, {"tuned": space_as_dict(fine_space.tuned), "fixed": fine_space.fixed,
-                                 "kind": settings.kind}, "space.json")
+                                 "left_open": space_as_dict(fine_space.left_open), "kind": settings.kind},
+                     "space.json")
     total = None
     if settings.kind == "grid" and not settings.workers:  # workers report their own trials
-        total = grid_size(fine_space.tuned, settings.points) + 1 - len(finished.fine)  # + the coarse winner
+        total = grid_size(fine_space.tuned, settings.points) + settling_trials(fine_space) + 1 - len(finished.fine)
     hooks.on_stage_begin("fine", total)
     run_ids = dict(finished.fine_runs)
 

@@ -190,7 +190,9 @@ def test_paired_choices_compare_the_winner_value_by_value_and_keep_the_best() ->
     assert activation.trials["tanh"].params == {**winner.params, "activation": "tanh"}
     assert activation.trials["tanh"].number == 4
     assert result.best is activation.trials[activation.chosen]
-    assert activation.explain(ctx.scoring).startswith(f"activation: fixed at {activation.chosen}, by a paired")
+    verdict = (f"fixed at {activation.chosen}, by a paired" if activation.undecided() is None
+               else "left to the fine stage among {")
+    assert activation.explain(ctx.scoring).startswith(f"activation: {verdict}")
 
     again: list[CoarseTrial] = []
     resumed = run_coarse(ctx, config.coarse_space(), config.search.coarse, paired=paired, on_trial=again.append,
@@ -222,12 +224,11 @@ def test_a_paired_choice_leaves_open_the_values_it_cannot_tell_from_the_best() -
     assert choice.contenders == ("quantile", "piecewise")
     assert choice.undecided() == Param("scaling", "choice", values=("quantile", "piecewise"))
     scoring = scoring_for("binary", None)
-    assert choice.explain(scoring, searched=True).startswith("scaling: searched further among {quantile, piecewise}")
-    assert choice.explain(scoring).endswith("piecewise not shown worse, but the fine stage had no place left to "
-                                            "search scaling")
+    assert choice.explain(scoring).startswith("scaling: left to the fine stage among {quantile, piecewise}, which "
+                                              "trains the coarse winner with each")
     clear = coarse.PairedChoice("scaling", {v: t for v, t in trials.items() if v != "piecewise"})
     assert clear.contenders == ("quantile",) and clear.undecided() is None
-    assert "not shown worse" not in clear.explain(scoring)
+    assert clear.explain(scoring).startswith("scaling: fixed at quantile, by a paired comparison")
 
 
 @pytest.mark.parametrize(("scores", "best", "worse"), [

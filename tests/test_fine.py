@@ -92,16 +92,30 @@ def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path, pool: Tria
     assert result.coarse_winner.params["epochs"] == 3  # trained for Hyperband's budget, like the trials
 
 
-def test_a_scaling_left_open_is_searched_each_trial_on_its_own_scaled_split(tmp_path: Path, pool: TrialPool) -> None:
-    """A scaling the paired comparison could not decide is a grid choice: one trial per value, each trained on
-    the split scaled its way (the same network and seed otherwise, so their curves differ only by the scaling)."""
-    config, ctx = stage_inputs("model.epochs=2")
-    space = fine_space(Param("scaling", "choice", values=("standard", "quantile")), learning_rate=0.01)
-    result = run_fine(ctx, space, WINNER, config.search.fine, workdir=tmp_path, pool=pool)
-    by_scaling = {t.tuned["scaling"]: t for t in result.trials}
-    assert set(by_scaling) == {"standard", "quantile"} and all(t.ok for t in result.trials)
-    assert by_scaling["standard"].curves["val_loss"] != by_scaling["quantile"].curves["val_loss"]
-    assert result.coarse_winner.params["scaling"] == ctx.defaults["scaling"]
+def test_choices_left_open_are_settled_one_after_the_other_before_the_grid(tmp_path: Path, pool: TrialPool) -> None:
+    """Near ties of the coarse stage: the coarse winner is trained first, then with each other value of the first
+    choice (on the split scaled its way), then the best of those with each other value of the next; the grid
+    trains with the values that scored best."""
+    config, ctx = stage_inputs("model.epochs=2", "search.fine.points=2")
+    space = dataclasses.replace(fine_space(LAYERS, learning_rate=0.01), left_open={
+        "scaling": Param("scaling", "choice", values=("standard", "quantile")),
+        "activation": Param("activation", "choice", values=("relu", "tanh"))})
+    winner = {**WINNER, "scaling": "standard", "activation": "relu"}
+    reported: list[FineTrial] = []
+    result = run_fine(ctx, space, winner, config.search.fine, workdir=tmp_path, on_trial=reported.append, pool=pool)
+    coarse_winner, by_scaling, by_activation, *grid = reported
+    assert coarse_winner.trial_id == COARSE_WINNER and result.coarse_winner == coarse_winner
+    assert by_scaling.trial_id == "settle-scaling-quantile" and by_scaling.tuned == {"scaling": "quantile"}
+    assert by_scaling.params == {**coarse_winner.params, "scaling": "quantile"}
+    assert by_scaling.curves["val_loss"] != coarse_winner.curves["val_loss"]  # its own scaled split
+    first = max((coarse_winner, by_scaling), key=lambda t: t.score)
+    assert by_activation.params == {**first.params, "activation": "tanh"}
+    second = max((first, by_activation), key=lambda t: t.score)
+    assert [t.tuned for t in grid] == [{"layers": 1}, {"layers": 2}]
+    assert all(t.params["scaling"] == second.params["scaling"] and t.params["activation"] == second.params["activation"]
+               for t in grid)
+    assert {t.trial_id for t in result.trials} == {by_scaling.trial_id, by_activation.trial_id,
+                                                   *(t.trial_id for t in grid)}
 
 
 def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path, pool: TrialPool) -> None:

@@ -290,29 +290,6 @@ def test_when_nothing_matters_the_account_says_so() -> None:
     assert false_alarms <= 4
 
 
-UNDECIDED = {"scaling": Param("scaling", "choice", values=("quantile", "piecewise"))}
-
-
-@pytest.mark.parametrize("max_params", [1, 2, 3])
-def test_a_choice_the_paired_comparison_left_open_is_searched_after_those_shown_to_matter(max_params: int) -> None:
-    """An undecided paired choice takes the first free place after the shown ones, before forward selection
-    fills the rest; with no place left it is not searched (the caller fixes it)."""
-    fine = narrow(_lr_driven(n=40, seed=4), SPACE, max_params, 0.25, undecided=UNDECIDED)
-    assert fine.shown == ["learning_rate"]
-    assert list(fine.tuned)[:2] == ["learning_rate", "scaling"][:max_params] and len(fine.tuned) == max_params
-    assert fine.tuned.get("scaling", UNDECIDED["scaling"]) == UNDECIDED["scaling"]
-    assert "scaling" not in fine.fixed and len(fine.decisions) == len(SPACE)
-
-
-def test_with_nothing_shown_an_undecided_choice_comes_first() -> None:
-    rng = np.random.default_rng(0)
-    trials = [(p, float(rng.normal())) for p in _sample(SPACE, 20, 0)]
-    fine = narrow(trials, SPACE, 1, 0.25, undecided=UNDECIDED)
-    assert not fine.shown and list(fine.tuned) == ["scaling"]
-    assert "then the choices the paired comparisons left open" in fine.account()
-    assert "left open" not in narrow(trials, SPACE, 1, 0.25).account()
-
-
 def test_influence_intervals_and_p_values() -> None:
     """Each influence lies in its interval, p-values grow down the ranking, and the same seed repeats exactly."""
     trials = _lr_driven(n=40, seed=4)

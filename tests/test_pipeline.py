@@ -17,6 +17,7 @@ from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
 from searchlab.errors import ConfigError, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
+from searchlab.trials import SETTLE_PREFIX
 from searchlab.uncertainty import Comparison
 from tests.conftest import TINY, new_store
 
@@ -165,23 +166,27 @@ def test_winner_is_tagged(smoke: tuple[pipeline.SearchResult, MlflowClient, Reco
 
 def test_the_paired_choice_is_the_fine_stage_s(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     """The scaling the coarse stage's paired comparison chose is fixed for every fine trial and the final model;
-    when it could not tell the values apart, the fine stage searches them (in a place the shown ones leave free).
-    Either way the narrowing account says how it was decided."""
+    when it could not tell the values apart, the fine stage first trains the coarse winner with each and keeps the
+    best for the grid. Either way the narrowing account says how it was decided."""
     result, _, _ = smoke
     [choice] = result.coarse.paired
     account = result.fine_space.account()
-    searched = "scaling" in result.fine_space.tuned
-    assert searched == (choice.undecided() is not None and len(result.fine_space.shown) < 2)
-    if not searched:
+    grid = [t for t in result.fine.trials if not t.trial_id.startswith(SETTLE_PREFIX)]
+    settled = {t.params["scaling"] for t in grid}
+    assert len(settled) == 1 and "scaling" not in result.fine_space.tuned
+    if choice.undecided() is None:
         assert result.fine_space.fixed["scaling"] == choice.chosen == result.coarse.best.params["scaling"]
-        assert all(t.params["scaling"] == choice.chosen for t in result.fine.all_trials)
+        assert settled == {choice.chosen} and result.fine_space.left_open == {}
         assert result.final.params["scaling"] == choice.chosen
         assert f"- scaling: fixed at {choice.chosen}, by a paired comparison on the coarse winner" in account
     else:
-        assert result.fine_space.tuned["scaling"] == choice.undecided() and "scaling" not in result.fine_space.fixed
-        assert {t.params["scaling"] for t in result.fine.trials} == set(choice.contenders)
-        assert result.final.params["scaling"] in choice.contenders
-        assert "- scaling: searched further among {" in account
+        assert result.fine_space.left_open == {"scaling": choice.undecided()}
+        assert "scaling" not in result.fine_space.fixed
+        [other] = [v for v in choice.contenders if v != choice.chosen]
+        [settling] = [t for t in result.fine.trials if t.trial_id == f"{SETTLE_PREFIX}scaling-{other}"]
+        assert settling.params == {**result.fine.coarse_winner.params, "scaling": other}
+        assert settled == {max((result.fine.coarse_winner, settling), key=lambda t: t.score).params["scaling"]}
+        assert "- scaling: left to the fine stage among {" in account
 
 
 def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
