@@ -40,7 +40,14 @@ from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring, scorer
-from searchlab.model import diverged, fit_model, mean_curves, split_hyperparameters, training_callbacks
+from searchlab.model import (
+    diverged,
+    fit_model,
+    mean_curves,
+    predict_rows,
+    split_hyperparameters,
+    training_callbacks,
+)
 from searchlab.scaling import FeatureScaler
 from searchlab.space import FIT_PARAMS, SCALING_PARAMS, Param, Space, stratify_choices
 from searchlab.trials import CoarseTrial
@@ -139,8 +146,9 @@ class _TrackedFit:
     """For the SciKeras wrappers: training through searchlab's tf.data pipeline, and failed fits recorded
     instead of raised (see `fit`).
 
-    `_build_keras_model`, `_fit_keras_model`, `_random_state` and `_fit_callbacks` are SciKeras internals
-    (SciKeras offers no public hook to replace how the network is fitted); tests/test_thirdparty.py checks them.
+    `_build_keras_model`, `_fit_keras_model`, `_predict_raw`, `_random_state` and `_fit_callbacks` are SciKeras
+    internals (SciKeras offers no public hook to replace how the network is fitted or predicts);
+    tests/test_thirdparty.py checks them.
     """
 
     def _build_keras_model(self) -> Any:
@@ -185,6 +193,14 @@ class _TrackedFit:
                                 # `fit_model` weighs the classes of the rows it trains on, as in every stage
                                 class_weight=getattr(self, "class_weight", None) or "none")
         self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
+
+    def _predict_raw(self, X: Any, **kwargs: Any) -> np.ndarray:
+        """SciKeras' raw predictions (probabilities, or regression outputs) by eager calls (`predict_rows`), not
+        `Model.predict`, which traces a graph for every new network."""
+        if not self.initialized_:  # type: ignore[attr-defined]
+            return super()._predict_raw(X, **kwargs)  # type: ignore[misc]  # raises SciKeras' NotFittedError
+        X, _ = self._validate_data(X=X, y=None)  # type: ignore[attr-defined]
+        return predict_rows(self.model_, self.feature_encoder_.transform(X))  # type: ignore[attr-defined]
 
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
         """Fit; a fit that raises or diverges does not raise, it leaves `fit_error_` for the scorer to score

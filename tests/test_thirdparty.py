@@ -36,6 +36,7 @@ PRIVATE = [
     ("joblib._dask:DaskDistributedBackend.stop_call", "searchlab.infra.dask_cluster", "same"),
     ("scikeras.wrappers:BaseWrapper._build_keras_model", "searchlab.coarse", "a fresh Keras session per fit"),
     ("scikeras.wrappers:BaseWrapper._fit_keras_model", "searchlab.coarse", "fit through a tf.data pipeline"),
+    ("scikeras.wrappers:BaseWrapper._predict_raw", "searchlab.coarse", "predictions without tracing a graph"),
 ]
 
 
@@ -58,6 +59,8 @@ def test_signatures_searchlab_overrides_or_calls() -> None:
     # attributes searchlab reads or sets on them
     wrapper_source = inspect.getsource(BaseWrapper)
     assert "self._random_state" in wrapper_source and "self._fit_callbacks" in wrapper_source
+    raw = inspect.getsource(BaseWrapper._predict_raw)  # what searchlab's override does before predicting
+    assert "self._validate_data(X=X, y=None)" in raw and "self.feature_encoder_.transform(X)" in raw
     assert "call_data_futures" in inspect.getsource(DaskDistributedBackend)
     from keras_tuner.src.distribute import oracle_chief
 
