@@ -121,7 +121,8 @@ def run_fine(
             cannot reload a grid search (keras-tuner#1055), so a resumed search starts the tuner
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
         distribute: given, this process only holds the oracle and `distribute` has the trials run
-            elsewhere (`searchlab.infra.tuner_workers`); `on_trial` then sees the coarse winner alone.
+            elsewhere (`searchlab.infra.tuner_workers`); `on_trial` then sees only the trials trained here (the
+            coarse winner, and the settling of choices left open).
         pool: the worker process to train in, owned (and ended) by the caller; None: one of the stage's own.
     """
     finished = dict(finished or {})
