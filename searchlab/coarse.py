@@ -42,6 +42,7 @@ from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring, scorer
 from searchlab.model import (
     diverged,
+    execution_steps,
     fit_model,
     mean_curves,
     predict_rows,
@@ -525,9 +526,11 @@ class _HistoryScorer:
 
 
 def _scikeras_model(meta: dict[str, Any], compile_kwargs: dict[str, Any], params: dict[str, Any],
-                    candidate: int, builder: Builder, **hyperparameters: Any) -> Any:
+                    candidate: int, builder: Builder, steps_per_execution: int, **hyperparameters: Any) -> Any:
     n_classes = meta.get("n_classes_") or 0
-    return builder.build(n_features=meta["n_features_in_"], n_classes=n_classes, **hyperparameters)
+    steps = execution_steps(steps_per_execution, meta["X_shape_"][0], params["batch_size"], params["epochs"])
+    return builder.build(n_features=meta["n_features_in_"], n_classes=n_classes, steps_per_execution=steps,
+                         **hyperparameters)
 
 
 def _pipeline_prefix(data: Dataset) -> str:

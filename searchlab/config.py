@@ -262,6 +262,9 @@ class FineConfig:
     confirm_top: int = _bounded(3, Interval(0))  # best trials re-scored on other splits before choosing; 0: off
     confirm_splits: int = _bounded(2, Interval(1))  # further validation splits each is re-scored on
     max_epochs: int = _bounded(30, Interval(2))
+    # Train the trials in a worker process, replaced every 25 trials: it gives back the few MiB TensorFlow keeps per
+    # trained model. false: in the search process, with no TensorFlow import to wait for (small searches).
+    trial_worker: bool = True
     factor: int = _bounded(3, Interval(2))
     hyperband_iterations: int = _bounded(1, Interval(1))
     # KerasTuner's distributed mode: 0 trains the trials one at a time from the search process;

@@ -25,6 +25,7 @@ from searchlab.model import (
     Scalers,
     StopOnNonFiniteLoss,
     deterministic,
+    execution_steps,
     fit_model,
     predict_scores,
     split_hyperparameters,
@@ -97,7 +98,8 @@ def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
     build, fit = split_hyperparameters(params)
     with deterministic(seed):
         net = ctx.builder.build(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
-                                steps_per_execution=ctx.model.steps_per_execution,
+                                steps_per_execution=execution_steps(ctx.model.steps_per_execution, len(X),
+                                                                    fit["batch_size"], epochs),
                                 target_scale=scalers.target_scale, **build)
         callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
         history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,

@@ -32,6 +32,7 @@ from searchlab.model import (
     Scalers,
     deterministic,
     diverged,
+    execution_steps,
     fit_model,
     mean_curves,
     split_hyperparameters,
@@ -135,7 +136,7 @@ def run_fine(
         scalings.update(param.values if param else ())
     job = _train_job(ctx, settings, ctx.seed, scalings)
     owned = pool is None
-    pool = pool or TrialPool()
+    pool = pool or TrialPool(in_process=not settings.trial_worker)
 
     def train(trial_id: str, values: dict[str, Any], tuned: Mapping[str, Any]) -> FineTrial:
         trial = finished.get(trial_id)
@@ -247,7 +248,7 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     jobs = [dataclasses.replace(_train_job(ctx, settings, ctx.seed + k, scalings), epochs=epochs)
             for k in range(1, settings.confirm_splits + 1)]  # each split drawn and scaled once
     owned = pool is None
-    pool = pool or TrialPool()
+    pool = pool or TrialPool(in_process=not settings.trial_worker)
     rescored: dict[str, FineTrial] = {}
     try:
         for trial in ranked:
@@ -293,16 +294,20 @@ class TrialPool:
     """The one worker process that trains the fine stage's trials, owned by its tuner.
 
     Trials train away from the search process because TensorFlow keeps a few MiB per trained model that
-    `clear_session` does not give back; the worker is replaced every `recycle_every` trials.
+    `clear_session` does not give back; the worker is replaced every `recycle_every` trials. `in_process`: they
+    train in the search process instead, with no worker to start (a TensorFlow import, seconds).
     """
 
-    def __init__(self, recycle_every: int = 25) -> None:
+    def __init__(self, recycle_every: int = 25, in_process: bool = False) -> None:
         self.recycle_every = recycle_every
+        self.in_process = in_process
         self.trained = 0
         self._executor: ProcessPoolExecutor | None = None
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """`fn(*args)` in the worker process (a trial: `fn` trains); raises what it raised."""
+        if self.in_process:
+            return fn(*args)
         if self._executor is not None and self.trained and self.trained % self.recycle_every == 0:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -385,8 +390,10 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
     histories = []
     for execution in range(job.executions):
         with deterministic(job.seed + execution):  # repeats differ in initial weights and order
+            steps = execution_steps(job.model_settings.steps_per_execution, len(X_fit), fit["batch_size"],
+                                    job.epochs - job.initial_epoch)
             model = job.builder.build(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
-                                      steps_per_execution=job.model_settings.steps_per_execution,
+                                      steps_per_execution=steps,
                                       target_scale=split.target_scale, **build)
             if job.load_weights:
                 model.load_weights(job.load_weights)
@@ -454,7 +461,8 @@ class _TrackingMixin:
         self.weights_dir = weights_dir
         weights_dir.mkdir(parents=True, exist_ok=True)
         self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
-        self.pool, self._owns_pool = pool or TrialPool(), pool is None
+        self.pool = pool or TrialPool(in_process=not self.hypermodel.settings.trial_worker)
+        self._owns_pool = pool is None
         self._histories: list[dict[str, list[float]]] = []
         self._started = 0.0
         self._asked = False

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,6 +137,17 @@ def compile_for_task(model: keras.Model, task: str, *, optimizer: Any, loss: Any
         # CPU. Keras' "auto" resolves to off here as well.
         jit_compile=False,
     )
+
+
+# Keras traces a loop over `steps_per_execution` batches about half a second longer than a one-batch step; the loop
+# saves about 1.5 ms a batch on CPU (docs/results.md, "Steps per execution"): worth it from about 300 batches a fit.
+_LOOP_WORTH_BATCHES = 300
+
+
+def execution_steps(limit: int, rows: int, batch_size: int, epochs: int) -> int:
+    """Batches per compiled call for a fit of `epochs` epochs over `rows` rows: `limit` (the model settings'
+    `steps_per_execution`), or 1 when the fit has too few batches in all for the loop to repay its tracing."""
+    return limit if epochs * math.ceil(rows / max(1, batch_size)) >= _LOOP_WORTH_BATCHES else 1
 
 
 def fit_model(model: keras.Model, X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int,

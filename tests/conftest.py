@@ -24,11 +24,11 @@ from searchlab.space import Param
 from searchlab.space import grid_size as space_grid_size
 from searchlab.tracking import Tracker
 
-#: A whole search in seconds: 200 synthetic rows, the smoke budgets, coarse fits in the search process (no worker
-#: processes to start), no model artifact, and no trainings beyond the grid (edge rounds, re-scoring): the smoke
-#: search in test_pipeline and tests/test_fine.py test those.
+#: A whole search in seconds: 200 synthetic rows, the smoke budgets, coarse fits and fine trials in the search process
+#: (no worker processes to start), no model artifact, and no trainings beyond the grid (edge rounds, re-scoring): the
+#: smoke search in test_pipeline and tests/test_fine.py test those.
 TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "search.coarse.n_jobs=1",
-        "search.coarse.paired.scaling=null",
+        "search.fine.trial_worker=false", "search.coarse.paired.scaling=null",
         "search.fine.beyond_edges=false", "search.fine.confirm_top=0", "tracking.log_model=false", "verbose=0")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from joblib.externals.loky.process_executor import ShutdownExecutorError
 
@@ -78,6 +79,28 @@ def test_recorded_trials_are_replayed_not_trained(grid: tuple[Any, ...], tmp_pat
     assert [t.trial_id for t in resumed.trials] == [t.trial_id for t in first.trials]
     assert [t.tuned for t in resumed.trials] == [t.tuned for t in first.trials]
     assert resumed.trials[0].score == recorded[resumed.trials[0].trial_id].score
+
+
+def test_trials_train_in_the_search_process_as_in_the_worker(grid: tuple[Any, ...], tmp_path: Path) -> None:
+    """`search.fine.trial_worker=false`: no worker process, the same training: the grid's last point and the coarse
+    winner (the rest replayed) score as they did in the worker."""
+    config, ctx, space, _, first = grid
+    settings = dataclasses.replace(config.search.fine, trial_worker=False)
+    recorded = {t.trial_id: t for t in first.trials[:-1]}
+    children = {p.pid for p in psutil.Process().children()}  # the module's trial worker among them
+    reported: list[FineTrial] = []
+    during: list[set[int]] = []
+
+    def on_trial(trial: FineTrial) -> None:
+        reported.append(trial)
+        during.append({p.pid for p in psutil.Process().children()})
+
+    again = run_fine(ctx, space, WINNER, settings, workdir=tmp_path, on_trial=on_trial, finished=recorded)
+    assert [t.trial_id for t in reported] == [first.trials[-1].trial_id, COARSE_WINNER]
+    assert during == [children, children]  # no worker process of its own
+    for here, there in ((again.trials[-1], first.trials[-1]), (again.coarse_winner, first.coarse_winner)):
+        assert here.curves.keys() == there.curves.keys()
+        assert all(here.curves[key] == pytest.approx(there.curves[key], rel=1e-5) for key in here.curves)
 
 
 def test_hyperband_continues_trials_within_max_epochs(tmp_path: Path, pool: TrialPool) -> None:

@@ -13,6 +13,7 @@ from searchlab.metrics import SCORINGS, as_probabilities, value
 from searchlab.model import (
     build_model,
     diverged,
+    execution_steps,
     fit_model,
     mean_curves,
     replay_learning_rate,
@@ -106,3 +107,10 @@ def test_mean_curves_average_epoch_by_epoch() -> None:
     curves = mean_curves([{"loss": [4.0, 2.0, 1.0], "acc": [0.5]}, {"loss": [2.0, 1.0]}])
     assert curves == {"acc": [0.5], "loss": [3.0, 1.5, 1.0]}
     assert mean_curves([]) == {}
+
+
+def test_a_fit_of_few_batches_runs_one_batch_per_call() -> None:
+    """The loop over `steps_per_execution` batches traces longer than it saves on a short fit."""
+    assert execution_steps(16, rows=200, batch_size=32, epochs=8) == 1  # 56 batches
+    assert execution_steps(16, rows=1437, batch_size=32, epochs=30) == 16  # 1,350 batches
+    assert execution_steps(16, rows=299, batch_size=1, epochs=1) == 1 < execution_steps(16, 300, 1, 1) == 16
