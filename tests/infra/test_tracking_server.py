@@ -34,8 +34,9 @@ N_ITER = 2
 # A whole search in well under a minute, the model logged: it goes to the server's artifact store. Three classes:
 # the model's softmax gives one column per class (a binary model has one sigmoid output).
 SEARCH = ("tracking=server", "experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "dataset.n_classes=3",
-          "model.epochs=3", f"search.coarse.n_iter={N_ITER}", "search.coarse.n_jobs=1", "search.fine.max_params=1",
-          "search.coarse.paired.scaling=null", "verbose=0", "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
+          "model.epochs=3", f"search.coarse.n_iter={N_ITER}", "search.coarse.n_jobs=1", "search.fine.trial_worker=false",
+          "search.fine.max_params=1", "search.coarse.paired.scaling=null", "verbose=0", "search.fine.beyond_edges=false",
+          "search.fine.confirm_top=0")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1000"]
 # Every plot the UI must list, from a search of two coarse candidates and a 2-point fine grid over one hyperparameter.
 SEARCH = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "model.epochs=3", "search.coarse.n_iter=2",
-          "search.coarse.n_jobs=1", "search.coarse.paired.scaling=null", "search.fine.max_params=1",
+          "search.coarse.n_jobs=1", "search.fine.trial_worker=false", "search.coarse.paired.scaling=null",
+          "search.fine.max_params=1",
           "tracking.log_model=false", "verbose=0", "search.fine.beyond_edges=false", "search.fine.confirm_top=0")
 
 
