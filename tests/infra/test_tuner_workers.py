@@ -161,7 +161,7 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Restarted:
 @pytest.fixture(scope="module")
 def user_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Searched]:
     """`start_workers=false`: two `searchlab-worker` processes, started first and pointed at the folder of all
-    tuner directories, serve the search."""
+    tuner directories, serve the search; they train the trials in their own processes (`trial_worker=false`)."""
     port = free_port()
     tmp = tmp_path_factory.mktemp(f"user-{port}", numbered=False)
     store = new_store(tmp / "mlruns")
@@ -176,6 +176,7 @@ def user_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Searched]
             with _interrupt_if_a_worker_fails(workers):
                 result = pipeline.run(compose(*OVERRIDES, f"tracking.uri={store.uri}",
                                                      "search.fine.workers=2", "search.fine.start_workers=false",
+                                                     "search.fine.trial_worker=false",
                                                      f"search.fine.oracle=127.0.0.1:{port}"))
             log = (tmp / "workers.out").read_text()
             for proc in workers:  # the workers end by themselves once the oracle has no trial left
