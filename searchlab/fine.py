@@ -136,7 +136,7 @@ def run_fine(
         scalings.update(param.values if param else ())
     job = _train_job(ctx, settings, ctx.seed, scalings)
     owned = pool is None
-    pool = pool or TrialPool(in_process=not settings.trial_worker)
+    pool = pool or TrialPool.of(settings)
 
     def train(trial_id: str, values: dict[str, Any], tuned: Mapping[str, Any]) -> FineTrial:
         trial = finished.get(trial_id)
@@ -248,7 +248,7 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     jobs = [dataclasses.replace(_train_job(ctx, settings, ctx.seed + k, scalings), epochs=epochs)
             for k in range(1, settings.confirm_splits + 1)]  # each split drawn and scaled once
     owned = pool is None
-    pool = pool or TrialPool(in_process=not settings.trial_worker)
+    pool = pool or TrialPool.of(settings)
     rescored: dict[str, FineTrial] = {}
     try:
         for trial in ranked:
@@ -303,6 +303,11 @@ class TrialPool:
         self.in_process = in_process
         self.trained = 0
         self._executor: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def of(cls, settings: FineConfig) -> TrialPool:
+        """The pool `settings.trial_worker` asks for: a worker process, or the search process."""
+        return cls(in_process=not settings.trial_worker)
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """`fn(*args)` in the worker process (a trial: `fn` trains); raises what it raised."""
@@ -388,10 +393,10 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
     X_fit, y_fit, X_val, y_val = split.X_fit, split.y_fit, split.X_val, split.y_val
     build, fit = split_hyperparameters(job.values)
     histories = []
+    steps = execution_steps(job.model_settings.steps_per_execution, len(X_fit), fit["batch_size"],
+                            job.epochs - job.initial_epoch)
     for execution in range(job.executions):
         with deterministic(job.seed + execution):  # repeats differ in initial weights and order
-            steps = execution_steps(job.model_settings.steps_per_execution, len(X_fit), fit["batch_size"],
-                                    job.epochs - job.initial_epoch)
             model = job.builder.build(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
                                       steps_per_execution=steps,
                                       target_scale=split.target_scale, **build)
@@ -461,7 +466,7 @@ class _TrackingMixin:
         self.weights_dir = weights_dir
         weights_dir.mkdir(parents=True, exist_ok=True)
         self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
-        self.pool = pool or TrialPool(in_process=not self.hypermodel.settings.trial_worker)
+        self.pool = pool or TrialPool.of(self.hypermodel.settings)
         self._owns_pool = pool is None
         self._histories: list[dict[str, list[float]]] = []
         self._started = 0.0

@@ -140,7 +140,7 @@ def compile_for_task(model: keras.Model, task: str, *, optimizer: Any, loss: Any
 
 
 # Keras traces a loop over `steps_per_execution` batches about half a second longer than a one-batch step; the loop
-# saves about 1.5 ms a batch on CPU (docs/results.md, "Steps per execution"): worth it from about 300 batches a fit.
+# saves 1-1.5 ms a batch on CPU: worth it from about 300 batches a fit (docs/results.md, "Test suite time").
 _LOOP_WORTH_BATCHES = 300
 
 
