@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 from joblib.externals.loky import reusable_executor
 from scikeras.utils.random_state import tensorflow_random_state
@@ -41,6 +40,7 @@ from searchlab.data import Dataset
 from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring, scorer
 from searchlab.model import (
+    clear_keras_state,
     diverged,
     execution_steps,
     fit_model,
@@ -171,7 +171,7 @@ class _TrackedFit:
                 variable.assign(value)
             return model
         _last_network.value = None
-        keras.backend.clear_session()  # drop earlier candidates' graphs: memory stays flat with n_jobs=1
+        clear_keras_state()  # drop earlier candidates' graphs: memory stays flat with n_jobs=1
         model = super()._build_keras_model()  # type: ignore[misc]
         model.optimizer.build(model.trainable_variables)  # its state exists now, to be reset with the weights
         _last_network.value = (key, model, [v.numpy() for v in _network_state(model)])

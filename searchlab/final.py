@@ -24,6 +24,7 @@ from searchlab.metrics import evaluate_predictions, metric_names
 from searchlab.model import (
     Scalers,
     StopOnNonFiniteLoss,
+    clear_keras_state,
     deterministic,
     execution_steps,
     fit_model,
@@ -96,6 +97,7 @@ def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
     scalers = Scalers.fit(data.X_train, data.y_train, data.task, params["scaling"])
     X, y = scalers.transform(data.X_train, data.y_train)
     build, fit = split_hyperparameters(params)
+    clear_keras_state()
     with deterministic(seed):
         net = ctx.builder.build(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
                                 steps_per_execution=execution_steps(ctx.model.steps_per_execution, len(X),

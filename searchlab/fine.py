@@ -30,6 +30,7 @@ from searchlab.data import Dataset
 from searchlab.metrics import Scoring
 from searchlab.model import (
     Scalers,
+    clear_keras_state,
     deterministic,
     diverged,
     execution_steps,
@@ -396,6 +397,7 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
     steps = execution_steps(job.model_settings.steps_per_execution, len(X_fit), fit["batch_size"],
                             job.epochs - job.initial_epoch)
     for execution in range(job.executions):
+        clear_keras_state()
         with deterministic(job.seed + execution):  # repeats differ in initial weights and order
             model = job.builder.build(n_features=X_fit.shape[1], task=job.task, n_classes=job.n_classes,
                                       steps_per_execution=steps,
@@ -414,8 +416,6 @@ def _train(job: _TrainJob) -> list[dict[str, list[float]]]:
             raise kt.errors.FailedTrialError(problem)
         histories.append({"epoch": [float(e) for e in history.epoch],
                           **{k: [float(v) for v in vs] for k, vs in history.history.items()}})
-        del model
-        keras.backend.clear_session()
     return histories
 
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: the real `conf/` composed with small overrides, MLflow stores in tmp_path, tiny stage inputs."""
+"""Shared fixtures: the real `conf/` composed with small overrides, MLflow stores in tmp_path, tiny stage inputs.
+
+The heavy imports (MLflow, Keras through `searchlab.context`) are made where they are used: with `-n 2` the pytest
+controller process loads this file too but runs no test, and importing TensorFlow there costs the two test
+processes seconds of CPU while they start.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from mlflow import MlflowClient
-from mlflow.entities import Run
 
-from searchlab.config import Config, compose
-from searchlab.context import SearchContext
-from searchlab.data import load_dataset
-from searchlab.metrics import scoring_for
-from searchlab.space import Param
-from searchlab.space import grid_size as space_grid_size
-from searchlab.tracking import Tracker
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from searchlab.config import Config
+    from searchlab.context import SearchContext
 
 #: A whole search in seconds: 200 synthetic rows, the smoke budgets, coarse fits and fine trials in the search process
 #: (no worker processes to start), no model artifact, and no trainings beyond the grid (edge rounds, re-scoring): the
@@ -35,6 +37,8 @@ TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "searc
 @pytest.fixture
 def make_config() -> Callable[..., Config]:
     """`searchlab.config.compose`: the project's real `conf/` composed with Hydra overrides, validated."""
+    from searchlab.config import compose
+
     return compose
 
 
@@ -45,6 +49,8 @@ def _empty_store() -> Path:
     MLflow builds a new store's schema by running all its database migrations, seconds each time; a copy of this
     file is the same store in milliseconds. The smoke search (test_pipeline) and the concurrent-start test
     (test_tracking) still create theirs from nothing."""
+    from mlflow import MlflowClient
+
     folder = Path(tempfile.mkdtemp(prefix="searchlab-empty-store-"))
     atexit.register(shutil.rmtree, folder, True)
     MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # creates the tables
@@ -88,6 +94,8 @@ class Store:
 
 def new_store(folder: Path) -> Store:
     """A SQLite store in `folder` with the experiment already created, so polling never races the schema set-up."""
+    from searchlab.tracking import Tracker
+
     uri = empty_store_uri(folder)
     tracker = Tracker(uri, "searchlab")
     return Store(uri, tracker.client, tracker.experiment_id)
@@ -95,6 +103,9 @@ def new_store(folder: Path) -> Store:
 
 def grid_size(space: dict[str, Any], points: int) -> int:
     """Trials a grid fine stage runs over a fine stage's logged `space.json` (its tuned part)."""
+    from searchlab.space import Param
+    from searchlab.space import grid_size as space_grid_size
+
     params = {name: Param(name, spec["type"], spec.get("low", 0.0), spec.get("high", 0.0), spec.get("log", False),
                           tuple(spec.get("values", ()))) for name, spec in space["tuned"].items()}
     return space_grid_size(params, points)
@@ -102,6 +113,11 @@ def grid_size(space: dict[str, Any], points: int) -> int:
 
 def stage_inputs(*overrides: str) -> tuple[Config, SearchContext]:
     """A composed configuration (`TINY` plus `overrides`) and the stage context over its data set."""
+    from searchlab.config import compose
+    from searchlab.context import SearchContext
+    from searchlab.data import load_dataset
+    from searchlab.metrics import scoring_for
+
     config = compose(*TINY, *overrides)
     data = load_dataset(config.dataset, config.seed)
     scoring = scoring_for(data.task, config.search.coarse.scoring)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from searchlab.config import Config
 from searchlab.metrics import SCORINGS, as_probabilities, value
 from searchlab.model import (
     build_model,
+    clear_keras_state,
     diverged,
     execution_steps,
     fit_model,
@@ -114,3 +116,21 @@ def test_a_fit_of_few_batches_runs_one_batch_per_call() -> None:
     assert execution_steps(16, rows=200, batch_size=32, epochs=8) == 1  # 56 batches
     assert execution_steps(16, rows=1437, batch_size=32, epochs=30) == 16  # 1,350 batches
     assert execution_steps(16, rows=299, batch_size=1, epochs=1) == 1 < execution_steps(16, 300, 1, 1) == 16
+
+
+def test_clearing_keras_state_freezes_what_lives_and_still_collects_new_garbage() -> None:
+    """The imported modules are frozen out of the collector's walks; garbage made after the freeze is still
+    collected, a model's graphs among it."""
+    clear_keras_state()
+    frozen = gc.get_freeze_count()
+    assert frozen > 100_000  # TensorFlow's and Keras' modules at least
+    model = build_model(n_features=5, task="binary", units=8)
+    cycle: list[Any] = [model]
+    cycle.append(cycle)
+    del model, cycle
+    clear_keras_state()
+    assert gc.get_freeze_count() <= frozen  # frozen once: the new model was not
+    cycle = []
+    cycle.append(cycle)
+    del cycle
+    assert gc.collect() >= 1
