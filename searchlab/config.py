@@ -265,6 +265,7 @@ class FineConfig:
     # Train the trials in a worker process, replaced every 25 trials: it gives back the few MiB TensorFlow keeps per
     # trained model. false: in the search process, with no TensorFlow import to wait for (small searches).
     trial_worker: bool = True
+    n_jobs: int = -1  # trials trained at once, each in its own worker process; -1: one per core
     factor: int = _bounded(3, Interval(2))
     hyperband_iterations: int = _bounded(1, Interval(1))
     # KerasTuner's distributed mode: 0 trains the trials one at a time from the search process;
@@ -455,8 +456,10 @@ def _check_rules(config: Config) -> None:
     search = config.search
     if search.dask.address is not None and not search.dask.address.strip():
         _fail("search.dask.address", search.dask.address, "a scheduler address such as tcp://host:8786, or null")
-    if search.coarse.n_jobs == 0 or search.coarse.n_jobs < -1:
-        _fail("search.coarse.n_jobs", search.coarse.n_jobs, "a positive number of processes, or -1 for one per core")
+    for stage in ("coarse", "fine"):
+        n_jobs = getattr(search, stage).n_jobs
+        if n_jobs == 0 or n_jobs < -1:
+            _fail(f"search.{stage}.n_jobs", n_jobs, "a positive number of processes, or -1 for one per core")
     if not search.coarse.space:
         _fail("search.coarse.space", {}, "a mapping of at least one hyperparameter to its range")
     for name, spec in search.coarse.space.items():

@@ -9,9 +9,15 @@ With `search.fine.workers`, the trials train on KerasTuner's distributed workers
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +33,7 @@ from searchlab.builders import Builder
 from searchlab.config import FineConfig, ModelConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
+from searchlab.infra.processes import tf_thread_env, threads_per_worker
 from searchlab.metrics import Scoring
 from searchlab.model import (
     Scalers,
@@ -113,22 +120,29 @@ def run_fine(
     pool: TrialPool | None = None,
 ) -> FineResult:
     """Search `space` with KerasTuner, then train the coarse winner under the same protocol; choices the coarse
-    stage left open are settled first (`_settle`), starting from the coarse winner.
+    stage left open are settled first (`_settle`), starting from the coarse winner. Trials train `pool.size` at
+    a time.
 
     Args:
         coarse_best: the coarse winner's sampled values (the rest are `ctx.defaults`).
         workdir: where KerasTuner and the Hyperband checkpoints live; kept for resuming.
-        on_trial: called with each newly finished trial, the coarse winner last (first, when settling).
+        on_trial: called with each newly finished trial as it ends, one call at a time.
         finished: trials already recorded (by trial id), replayed rather than trained again. KerasTuner
             cannot reload a grid search (keras-tuner#1055), so a resumed search starts the tuner
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
         distribute: given, this process only holds the oracle and `distribute` has the trials run
             elsewhere (`searchlab.infra.tuner_workers`); `on_trial` then sees only the trials trained here (the
-            coarse winner, and the settling of choices left open).
-        pool: the worker process to train in, owned (and ended) by the caller; None: one of the stage's own.
+            coarse winner, the settling of choices left open and the edge round).
+        pool: the worker processes to train in, owned (and ended) by the caller; None: the stage's own.
     """
     finished = dict(finished or {})
-    report = on_trial or (lambda trial: None)
+    lock = threading.Lock()
+
+    def report(trial: FineTrial) -> None:
+        if on_trial is not None:
+            with lock:
+                on_trial(trial)
+
     winner_values = {**ctx.defaults, **coarse_best}
     if settings.kind == "hyperband":
         winner_values["epochs"] = settings.max_epochs
@@ -146,20 +160,25 @@ def run_fine(
             report(trial)
         return trial
 
+    def train_all(calls: Sequence[_Call]) -> list[FineTrial]:
+        return pool.run_all([functools.partial(train, *call) for call in calls])
+
+    winner_call: _Call = (COARSE_WINNER, winner_values, {})
     try:
-        winner = train(COARSE_WINNER, winner_values, {}) if space.left_open else None
-        settled, settling = _settle(space.left_open, winner, train) if winner else ({}, {})
+        winner, settled, settling = _settle(space.left_open, winner_call, train_all)
         base = {**ctx.defaults, **space.fixed, **settled}
         search = FineSearch(space, base, settings, ctx.scoring, ctx.seed, workdir, job)
-        tuner = search.tuner(report, finished, pool=pool)
+        done: dict[str, FineTrial]
         if distribute is None:
-            tuner.search(verbose=0)
-            done = tuner.finished
+            tuners = search.tuners(report, finished, pool)
+            _search_together(tuners, pool)
+            done = dict(tuners[0].finished)
         else:
-            done = distribute(search, tuner.oracle)
-        if settings.kind == "grid" and settings.beyond_edges:
-            done = {**done, **_beyond_edges(train, space, settings.points, done)}
-        winner = winner or train(COARSE_WINNER, winner_values, {})
+            done = dict(distribute(search, search.tuner(report, finished, pool=pool).oracle))
+        edges = _beyond_edges(space, settings.points, done) if settings.kind == "grid" and settings.beyond_edges else []
+        trained = train_all([*edges, *([winner_call] if winner is None else [])])  # the winner beside the edges
+        done.update(zip((call[0] for call in edges), trained, strict=False))
+        winner = winner or trained[-1]
     finally:
         if owned:
             pool.kill()
@@ -168,26 +187,62 @@ def run_fine(
     return FineResult(tuple(trials), winner)
 
 
+def _search_together(tuners: Sequence[_TrackedTuner], pool: TrialPool) -> None:
+    """Run the tuners' searches (one oracle, one trial each at a time) in threads of their own until the oracle
+    has no trial left; the first error ends the pool, the others' trials with it, and is raised here."""
+    if len(tuners) == 1:
+        tuners[0].search(verbose=0)
+        return
+    errors: list[BaseException] = []
+
+    def search(tuner: _TrackedTuner) -> None:
+        try:
+            tuner.search(verbose=0)
+        except BaseException as exc:
+            errors.append(exc)
+            pool.kill()
+
+    threads = [threading.Thread(target=search, args=(tuner,), daemon=True) for tuner in tuners]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:  # Ctrl-C: end the trials, let the threads see it before the caller records the stop
+        pool.kill()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
 def settling_trials(space: FineSpace) -> int:
     """How many trials `_settle` trains: each value of a choice left open but one."""
     return sum(len(param.values) - 1 for param in space.left_open.values())
 
 
-def _settle(left_open: Mapping[str, Param], winner: FineTrial, train: _Train) -> tuple[dict[str, Any],
-                                                                                        dict[str, FineTrial]]:
+def _settle(left_open: Mapping[str, Param], winner_call: _Call, train_all: _TrainAll) -> tuple[
+        FineTrial | None, dict[str, Any], dict[str, FineTrial]]:
     """Settle the choices the coarse stage left open, one after the other, on the fine split: the best so far
-    (first the coarse winner) trained with each other value of the choice; the best score keeps its value.
-    Returns the settled values and the trials, ids `settle-<name>-<value>`."""
-    best, trials = winner, {}
+    (first the coarse winner, trained with the first choice's other values) trained with each other value of the
+    choice; the best score keeps its value. Returns the coarse winner's trial (None with nothing left open), the
+    settled values and the trials, ids `settle-<name>-<value>`."""
+    winner: FineTrial | None = None
+    trials: dict[str, FineTrial] = {}
+    best_values = winner_call[1]
     for name, param in left_open.items():
-        tried = [best]
-        for value in param.values:
-            if value != best.params[name]:
-                trial_id = f"{SETTLE_PREFIX}{name}-{value}"
-                trials[trial_id] = train(trial_id, {**best.params, name: value}, {name: value})
-                tried.append(trials[trial_id])
-        best = max((t for t in tried if t.ok), key=lambda t: t.score, default=best)  # a tie keeps the earlier
-    return {name: best.params[name] for name in left_open}, trials
+        calls: list[_Call] = [(f"{SETTLE_PREFIX}{name}-{value}", {**best_values, name: value}, {name: value})
+                              for value in param.values if value != best_values[name]]
+        if winner is None:  # the first choice trains beside the coarse winner it starts from
+            winner, *trained = train_all([winner_call, *calls])
+            best = winner
+        else:
+            trained = train_all(calls)
+        trials.update(zip((call[0] for call in calls), trained, strict=True))
+        best = max((t for t in [best, *trained] if t.ok), key=lambda t: t.score, default=best)  # a tie: the earlier
+        best_values = best.params
+    return winner, {name: best_values[name] for name in left_open}, trials
 
 
 def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[str, list[Any]]:
@@ -214,21 +269,17 @@ def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[
     return found
 
 
-def _beyond_edges(train: _Train, space: FineSpace, points: int, done: Mapping[str, FineTrial]) -> dict[str, FineTrial]:
+def _beyond_edges(space: FineSpace, points: int, done: Mapping[str, FineTrial]) -> list[_Call]:
     """A second round for the grid's best trial when it sits on an edge the narrowing drew: the same values with
-    that one hyperparameter moved further out (`edge_values`), trained under the fine protocol. Trial ids
+    that one hyperparameter moved further out (`edge_values`), to train under the fine protocol. Trial ids
     `edge-<name>-<k>`."""
     completed = [t for trial_id, t in done.items()
                  if t.ok and trial_id != COARSE_WINNER and not trial_id.startswith(EDGE_PREFIX)]
     if not completed:
-        return {}
+        return []
     best = max(completed, key=lambda t: t.score)
-    trials = {}
-    for name, values in edge_values(space, best.tuned, points).items():
-        for k, value in enumerate(values, 1):
-            trial_id = f"{EDGE_PREFIX}{name}-{k}"
-            trials[trial_id] = train(trial_id, {**best.params, name: value}, {**best.tuned, name: value})
-    return trials
+    return [(f"{EDGE_PREFIX}{name}-{k}", {**best.params, name: value}, {**best.tuned, name: value})
+            for name, values in edge_values(space, best.tuned, points).items() for k, value in enumerate(values, 1)]
 
 
 def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
@@ -238,8 +289,8 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     over several splits rather than the maximum of many single-split scores (the winner's curse).
 
     Args:
-        on_trial: called with each re-scored trial.
-        pool: the worker process to train in, owned (and ended) by the caller; None: one of its own.
+        on_trial: called with each re-scored trial, once all are.
+        pool: the worker processes to train in, owned (and ended) by the caller; None: its own.
     """
     ranked = sorted((t for t in fine.all_trials if t.ok), key=lambda t: -t.score)[:settings.confirm_top]
     if len(ranked) < 2:
@@ -251,16 +302,18 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     owned = pool is None
     pool = pool or TrialPool.of(settings)
     rescored: dict[str, FineTrial] = {}
+
+    def score(trial: FineTrial, job: _TrainJob) -> float:
+        try:
+            return best_score(execution_means(pool.run(_train, dataclasses.replace(job, values=trial.params))),
+                              ctx.scoring)
+        except kt.errors.FailedTrialError:
+            return float("nan")
+
     try:
+        scores = iter(pool.run_all([functools.partial(score, trial, job) for trial in ranked for job in jobs]))
         for trial in ranked:
-            scores = []
-            for job in jobs:
-                try:
-                    histories = pool.run(_train, dataclasses.replace(job, values=trial.params))
-                    scores.append(best_score(execution_means(histories), ctx.scoring))
-                except kt.errors.FailedTrialError:
-                    scores.append(float("nan"))
-            rescored[trial.trial_id] = dataclasses.replace(trial, confirm_scores=tuple(scores))
+            rescored[trial.trial_id] = dataclasses.replace(trial, confirm_scores=tuple(next(scores) for _ in jobs))
             if on_trial is not None:
                 on_trial(rescored[trial.trial_id])
     finally:
@@ -291,39 +344,97 @@ def _train_job(ctx: SearchContext, settings: FineConfig, split_seed: int, scalin
                      scoring=ctx.scoring, verbose=ctx.verbose)
 
 
+class StageStopped(kt.errors.FatalError):
+    """The trial pool was ended (Ctrl-C, an error elsewhere, the stage's end) with trials still to train.
+
+    A KerasTuner `FatalError`: the tuner stops instead of recording the trial as failed."""
+
+
 class TrialPool:
-    """The one worker process that trains the fine stage's trials, owned by its tuner.
+    """The worker processes that train the fine stage's trials, `size` trials at once.
 
     Trials train away from the search process because TensorFlow keeps a few MiB per trained model that
-    `clear_session` does not give back; the worker is replaced every `recycle_every` trials. `in_process`: they
-    train in the search process instead, with no worker to start (a TensorFlow import, seconds).
+    `clear_session` does not give back; each worker is replaced every `recycle_every` trials. With `size` > 1 the
+    workers share the cores (TensorFlow's threads split between them). `in_process`: the trials train in the
+    search process instead, one at a time, with no worker to start (a TensorFlow import, seconds).
     """
 
-    def __init__(self, recycle_every: int = 25, in_process: bool = False) -> None:
-        self.recycle_every = recycle_every
+    def __init__(self, size: int = 1, recycle_every: int = 25, in_process: bool = False) -> None:
+        self.size = 1 if in_process else size
         self.in_process = in_process
-        self.trained = 0
-        self._executor: ProcessPoolExecutor | None = None
+        env = tf_thread_env(threads_per_worker(self.size)) if self.size > 1 else None
+        self._all = [_Worker(recycle_every, env) for _ in range(self.size)]
+        self._workers: queue.SimpleQueue[_Worker] = queue.SimpleQueue()  # the free ones
+        for worker in self._all:
+            self._workers.put(worker)
+        self._stopped = False
 
     @classmethod
     def of(cls, settings: FineConfig) -> TrialPool:
-        """The pool `settings.trial_worker` asks for: a worker process, or the search process."""
-        return cls(in_process=not settings.trial_worker)
+        """The pool `settings` asks for: `n_jobs` worker processes (-1: one per core), or the search process."""
+        size = (os.cpu_count() or 1) if settings.n_jobs == -1 else settings.n_jobs
+        return cls(size=size, in_process=not settings.trial_worker)
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """`fn(*args)` in the worker process (a trial: `fn` trains); raises what it raised."""
+        """`fn(*args)` in a free worker process, waiting for one (a trial: `fn` trains); raises what it raised,
+        or `StageStopped` once the pool is ended."""
         if self.in_process:
             return fn(*args)
+        worker = self._workers.get()
+        try:
+            if self._stopped:
+                raise StageStopped("the fine stage was stopped")
+            return worker.run(fn, *args)
+        except Exception:
+            if self._stopped:
+                raise StageStopped("the fine stage was stopped") from None
+            raise
+        finally:
+            self._workers.put(worker)
+
+    def run_all(self, calls: Sequence[Callable[[], _T]]) -> list[_T]:
+        """Each call (which trains through `run`) in a thread of its own, `size` at a time; their results in
+        order. The first error ends the pool (the other calls' trials with it) and is raised."""
+        if self.size == 1:
+            return [call() for call in calls]
+        with ThreadPoolExecutor(self.size) as threads:
+            futures = [threads.submit(call) for call in calls]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                self.kill()
+                raise
+
+    def kill(self) -> None:
+        """End every worker at once, running trials with them (at the end of a stage, on Ctrl-C or an error);
+        the pool trains nothing after."""
+        self._stopped = True
+        for worker in self._all:
+            worker.kill()
+
+
+class _Worker:
+    """One worker process of a `TrialPool`, started on first use and replaced every `recycle_every` runs."""
+
+    def __init__(self, recycle_every: int, env: dict[str, str] | None) -> None:
+        self.recycle_every, self.env = recycle_every, env
+        self.trained = 0
+        self._executor: ProcessPoolExecutor | None = None
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._executor is not None and self.trained and self.trained % self.recycle_every == 0:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=1)
+            self._executor = ProcessPoolExecutor(max_workers=1, env=self.env)
         self.trained += 1
-        return self._executor.submit(fn, *args).result()
+        try:
+            return self._executor.submit(fn, *args).result()
+        except BrokenProcessPool:  # the process died (out of memory, killed): the next run starts another
+            self._executor = None
+            raise
 
     def kill(self) -> None:
-        """End the worker at once, a running trial with it (at the end of a stage, on Ctrl-C or an error)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, kill_workers=True)
             self._executor = None
@@ -343,25 +454,41 @@ class FineSearch:
     job: _TrainJob  # the training protocol, data included
 
     def tuner(self, on_trial: Callable[[FineTrial], None], done: Mapping[str, FineTrial],
-              overwrite: bool = True, pool: TrialPool | None = None) -> Any:
+              overwrite: bool = True, pool: TrialPool | None = None) -> _TrackedTuner:
         """A tuner that trains each trial, reports it to `on_trial` and replays the ones in `done`.
 
         `overwrite=False` keeps the directory: a distributed worker joins the chief's project. `pool`: the
-        worker process to train in, which the caller ends; None: the tuner's own, ended by `stop`.
+        worker processes to train in, which the caller ends; None: the tuner's own single worker, ended by `stop`.
         """
+        return self.tuners(on_trial, done, pool, count=1, overwrite=overwrite)[0]
+
+    def tuners(self, on_trial: Callable[[FineTrial], None], done: Mapping[str, FineTrial], pool: TrialPool | None,
+               count: int | None = None, overwrite: bool = True) -> list[_TrackedTuner]:
+        """`count` (default `pool.size`) tuners over one oracle, ids tuner0, tuner1, ...: searched together in
+        threads, each trains one trial at a time in `pool`. They share their finished trials and report each
+        trial once."""
         kt_config.DEBUG = self.job.verbose >= 2  # KerasTuner prints every failed trial's traceback by default
-        hypermodel = _MLPHyperModel(self.space, self.base, self.settings)
         objective = kt.Objective(self.scoring.val_key, self.scoring.direction)
-        common = dict(objective=objective, seed=self.seed, max_consecutive_failed_trials=10**9,
-                      directory=str(self.workdir), project_name="fine", overwrite=overwrite)
-        tuner: _TrackingMixin
+        common = dict(objective=objective, seed=self.seed, max_consecutive_failed_trials=10**9)
+        oracle: kt.Oracle
         if self.settings.kind == "hyperband":
-            tuner = _TrackedHyperband(hypermodel, max_epochs=self.settings.max_epochs, factor=self.settings.factor,
-                                      hyperband_iterations=self.settings.hyperband_iterations, **common)
+            oracle = kt.oracles.HyperbandOracle(max_epochs=self.settings.max_epochs, factor=self.settings.factor,
+                                                hyperband_iterations=self.settings.hyperband_iterations, **common)
         else:
-            tuner = _TrackedGridSearch(hypermodel, **common)
-        tuner.setup(self.scoring, on_trial, dict(done), self.job, self.workdir / "weights", pool)
-        return tuner
+            oracle = _GridOracle(**common)
+        hypermodel = _MLPHyperModel(self.space, self.base, self.settings)
+        finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
+        lock = threading.Lock()
+        tuners = []
+        for k in range(count or (pool.size if pool else 1)):
+            # The first clears the directory (unless `overwrite` is false); the others join its project.
+            tuner = _TrackedTuner(oracle, hypermodel, directory=str(self.workdir), project_name="fine",
+                                  overwrite=overwrite and not k)
+            if k:
+                tuner.tuner_id = f"{tuner.tuner_id}-{k}"
+            tuner.setup(self.scoring, on_trial, finished, self.job, self.workdir / "weights", pool, lock)
+            tuners.append(tuner)
+        return tuners
 
 
 @dataclass(frozen=True)
@@ -452,22 +579,27 @@ class _MLPHyperModel(kt.HyperModel):
         return {**self.base, **tuned}
 
     def build(self, hp: kt.HyperParameters) -> None:
-        self.values(hp)  # declaring is all KerasTuner needs here: `_TrackingMixin.run_trial` trains
+        self.values(hp)  # declaring is all KerasTuner needs here: `_TrackedTuner.run_trial` trains
 
 
-class _TrackingMixin:
-    """Trains each trial in a worker process and turns it into a `FineTrial` record for a callback."""
+class _TrackedTuner(kt.Tuner):
+    """A KerasTuner tuner over the grid's or Hyperband's oracle that trains each trial in a worker process and
+    turns it into a `FineTrial` record for a callback. `run_trial` trains (Hyperband's epochs and weights
+    included), so KerasTuner's own Hyperband tuner would add nothing."""
 
     hypermodel: _MLPHyperModel
 
-    def setup(self, scoring: Scoring, on_trial: Callable[[FineTrial], None], done: dict[str, FineTrial],
-              job: _TrainJob, weights_dir: Path, pool: TrialPool | None) -> None:
+    def setup(self, scoring: Scoring, on_trial: Callable[[FineTrial], None], finished: dict[str, FineTrial],
+              job: _TrainJob, weights_dir: Path, pool: TrialPool | None, lock: threading.Lock) -> None:
+        """`finished`: the trials recorded so far, replayed; shared with the tuners searching together, as is
+        `lock`, which keeps their ends of trials one at a time."""
         self.scoring, self.on_trial_done, self.job = scoring, on_trial, job
         self.weights_dir = weights_dir
         weights_dir.mkdir(parents=True, exist_ok=True)
-        self.finished = {trial_id: t for trial_id, t in done.items() if trial_id != COARSE_WINNER}
-        self.pool = pool or TrialPool.of(self.hypermodel.settings)
+        self.finished = finished
+        self.pool = pool or TrialPool(in_process=not self.hypermodel.settings.trial_worker)
         self._owns_pool = pool is None
+        self._lock = lock
         self._histories: list[dict[str, list[float]]] = []
         self._started = 0.0
         self._asked = False
@@ -499,22 +631,23 @@ class _TrackingMixin:
         return [_history(logs) for logs in self._in_worker(job)]
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
-        super().on_trial_begin(trial)  # type: ignore[misc]
+        super().on_trial_begin(trial)
         self._histories, self._started, self._asked = [], time.time(), False
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         # Report before KerasTuner saves the trial as ended: if the search stops in between, the
         # resumed tuner retries the trial and the duplicate is dropped here (already finished).
-        if trial.trial_id not in self.finished:
-            values = self.hypermodel.values(trial.hyperparameters.copy())
-            tuned = {name: values[name] for name in self.hypermodel.space.tuned}
-            error = None
-            if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
-                error = _last_line(trial.message) or f"trial ended {trial.status}"
-            record = self._record(trial.trial_id, values, tuned, error)
-            self.finished[trial.trial_id] = record
-            self.on_trial_done(record)
-        super().on_trial_end(trial)  # type: ignore[misc]
+        with self._lock:  # KerasTuner writes the oracle's and the tuner's state files here
+            if trial.trial_id not in self.finished:
+                values = self.hypermodel.values(trial.hyperparameters.copy())
+                tuned = {name: values[name] for name in self.hypermodel.space.tuned}
+                error = None
+                if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
+                    error = _last_line(trial.message) or f"trial ended {trial.status}"
+                record = self._record(trial.trial_id, values, tuned, error)
+                self.finished[trial.trial_id] = record
+                self.on_trial_done(record)
+            super().on_trial_end(trial)
 
     def stop(self) -> None:
         """End the tuner's own trial worker process at once (a running trial with it)."""
@@ -530,8 +663,10 @@ class _TrackingMixin:
         return _trial_record(trial_id, values, tuned, self._histories, self.scoring, error, self._started)
 
 
-# Trains fixed values under the fine protocol (`_fixed_trial`) or replays a recorded trial: (trial id, values, tuned).
-_Train = Callable[[str, dict[str, Any], Mapping[str, Any]], FineTrial]
+# Fixed values to train under the fine protocol (`_fixed_trial`): (trial id, values, tuned).
+_Call = tuple[str, dict[str, Any], Mapping[str, Any]]
+# Trains each call (or replays its recorded trial), several at once; the trials in order.
+_TrainAll = Callable[[Sequence[_Call]], list[FineTrial]]
 
 
 def _fixed_trial(pool: TrialPool, job: _TrainJob, scoring: Scoring, trial_id: str, values: dict[str, Any],
@@ -571,18 +706,6 @@ class _GridOracle(kt.oracles.GridSearchOracle):
         if values is None:
             return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
         return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": values}
-
-
-class _TrackedGridSearch(_TrackingMixin, kt.Tuner):
-    def __init__(self, hypermodel: _MLPHyperModel, objective: kt.Objective, seed: int,
-                 max_consecutive_failed_trials: int, **kwargs: Any) -> None:
-        oracle = _GridOracle(objective=objective, seed=seed,
-                             max_consecutive_failed_trials=max_consecutive_failed_trials)
-        super().__init__(oracle, hypermodel, **kwargs)
-
-
-class _TrackedHyperband(_TrackingMixin, kt.Hyperband):
-    pass
 
 
 def _history(logs: dict[str, list[float]]) -> keras.callbacks.History:

@@ -322,7 +322,7 @@ def _fine_stage(search: _OpenSearch, ctx: SearchContext, config: Config, coarse_
         records.log_confirmation(tracker, run_ids[trial.trial_id], trial, ctx.scoring)
         hooks.on_trial_end(records.confirm_end(trial, ctx.scoring, shown(trial)))
 
-    pool = TrialPool.of(settings)  # one worker process (or none) for the trials and their re-scoring
+    pool = TrialPool.of(settings)  # the worker processes (or none) for the trials and their re-scoring
     try:
         fine = run_fine(ctx, fine_space, coarse_best.params, settings, workdir=_work_dir(tracker.uri, search.run_id),
                         on_trial=on_trial, finished=finished.fine, distribute=distribute if settings.workers else None,
