@@ -113,6 +113,8 @@ def test_tutorial_presets_search_exactly_their_space(make_config: MakeConfig, pr
         ("model.learning_rate=0", ["model.learning_rate", "0", "> 0"]),
         ("search.fine.max_params=0", ["search.fine.max_params", "0", ">= 1"]),
         ("search.fine.points=1", ["search.fine.points", "1", ">= 2"]),
+        ("search.fine.n_jobs=0", ["search.fine.n_jobs", "0", "positive", "-1"]),
+        ("search.coarse.n_jobs=-2", ["search.coarse.n_jobs", "-2", "positive", "-1"]),
         ("dataset.test_size=0", ["dataset.test_size", "0", "> 0", "< 1"]),
         ("dataset.test_size=1", ["dataset.test_size", "1", "> 0", "< 1"]),
         ("dataset=csv", ["dataset.path", "None", "CSV"]),
