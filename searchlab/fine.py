@@ -382,8 +382,6 @@ class TrialPool:
             return fn(*args)
         worker = self._workers.get()
         try:
-            if self._stopped:
-                raise StageStopped("the fine stage was stopped")
             return worker.run(fn, *args)
         except Exception:
             if self._stopped:
@@ -420,24 +418,33 @@ class _Worker:
         self.recycle_every, self.env = recycle_every, env
         self.trained = 0
         self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # a kill never misses a process being started
+        self._killed = False
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is not None and self.trained and self.trained % self.recycle_every == 0:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=1, env=self.env)
-        self.trained += 1
+        with self._lock:
+            if self._killed:
+                raise StageStopped("the fine stage was stopped")
+            if self._executor is not None and self.trained and self.trained % self.recycle_every == 0:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(max_workers=1, env=self.env)
+            self.trained += 1
+            future = self._executor.submit(fn, *args)
         try:
-            return self._executor.submit(fn, *args).result()
+            return future.result()
         except BrokenProcessPool:  # the process died (out of memory, killed): the next run starts another
-            self._executor = None
+            with self._lock:
+                self._executor = None
             raise
 
     def kill(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, kill_workers=True)
-            self._executor = None
+        with self._lock:
+            self._killed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, kill_workers=True)
+                self._executor = None
 
 
 @dataclass(frozen=True)
