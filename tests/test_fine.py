@@ -201,15 +201,11 @@ def _meet(marker: Path, others: Path) -> tuple[int, str | None]:
     return os.getpid(), os.environ.get("TF_NUM_INTRAOP_THREADS") if others.exists() else "did not meet"
 
 
-def test_a_pool_of_two_trains_two_at_once_sharing_the_cores(tmp_path: Path) -> None:
+def test_a_pool_of_two_trains_two_at_once_sharing_the_cores(tmp_path: Path, pool: TrialPool) -> None:
     """`search.fine.n_jobs=2`: two worker processes, each with half the cores for TensorFlow, both at work at
     once; the results come back in the calls' order."""
-    pool = TrialPool(size=2)
     a, b = tmp_path / "a", tmp_path / "b"
-    try:
-        results = pool.run_all([functools.partial(pool.run, _meet, a, b), functools.partial(pool.run, _meet, b, a)])
-    finally:
-        pool.kill()
+    results = pool.run_all([functools.partial(pool.run, _meet, a, b), functools.partial(pool.run, _meet, b, a)])
     (pid_a, threads_a), (pid_b, threads_b) = results
     assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b)
     assert threads_a == threads_b == str(threads_per_worker(2))
