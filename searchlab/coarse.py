@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import threading
 import time
@@ -37,7 +36,7 @@ from searchlab.builders import Builder
 from searchlab.config import ClassWeight, CoarseConfig, DaskConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
-from searchlab.infra.processes import worker_thread_env
+from searchlab.infra.processes import process_count, worker_thread_env
 from searchlab.metrics import Scoring, scorer
 from searchlab.model import (
     clear_keras_state,
@@ -438,7 +437,7 @@ def _fit_backend(n_jobs: int, dask: DaskConfig | None, history_dir: str) -> Iter
         with dask_backend(dask, history_dir) as threads:
             yield threads, False
         return
-    workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+    workers = process_count(n_jobs)
     with worker_thread_env(workers):
         try:
             yield workers, workers > 1

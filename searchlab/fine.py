@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import queue
 import threading
 import time
@@ -33,7 +32,7 @@ from searchlab.builders import Builder
 from searchlab.config import FineConfig, ModelConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
-from searchlab.infra.processes import tf_thread_env, threads_per_worker
+from searchlab.infra.processes import process_count, tf_thread_env, threads_per_worker
 from searchlab.metrics import Scoring
 from searchlab.model import (
     Scalers,
@@ -171,7 +170,7 @@ def run_fine(
         done: dict[str, FineTrial]
         if distribute is None:
             tuners = search.tuners(report, finished, pool)
-            _search_together(tuners, pool)
+            pool.run_all([functools.partial(tuner.search, verbose=0) for tuner in tuners])
             done = dict(tuners[0].finished)
         else:
             done = dict(distribute(search, search.tuner(report, finished, pool=pool).oracle))
@@ -185,36 +184,6 @@ def run_fine(
     trials = sorted((t for trial_id, t in {**settling, **done}.items() if trial_id != COARSE_WINNER),
                     key=lambda t: t.trial_id)
     return FineResult(tuple(trials), winner)
-
-
-def _search_together(tuners: Sequence[_TrackedTuner], pool: TrialPool) -> None:
-    """Run the tuners' searches (one oracle, one trial each at a time) in threads of their own until the oracle
-    has no trial left; the first error ends the pool, the others' trials with it, and is raised here."""
-    if len(tuners) == 1:
-        tuners[0].search(verbose=0)
-        return
-    errors: list[BaseException] = []
-
-    def search(tuner: _TrackedTuner) -> None:
-        try:
-            tuner.search(verbose=0)
-        except BaseException as exc:
-            errors.append(exc)
-            pool.kill()
-
-    threads = [threading.Thread(target=search, args=(tuner,), daemon=True) for tuner in tuners]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            thread.join()
-    except BaseException:  # Ctrl-C: end the trials, let the threads see it before the caller records the stop
-        pool.kill()
-        for thread in threads:
-            thread.join()
-        raise
-    if errors:
-        raise errors[0]
 
 
 def settling_trials(space: FineSpace) -> int:
@@ -372,8 +341,7 @@ class TrialPool:
     @classmethod
     def of(cls, settings: FineConfig) -> TrialPool:
         """The pool `settings` asks for: `n_jobs` worker processes (-1: one per core), or the search process."""
-        size = (os.cpu_count() or 1) if settings.n_jobs == -1 else settings.n_jobs
-        return cls(size=size, in_process=not settings.trial_worker)
+        return cls(size=process_count(settings.n_jobs), in_process=not settings.trial_worker)
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """`fn(*args)` in a free worker process, waiting for one (a trial: `fn` trains); raises what it raised,
@@ -392,14 +360,27 @@ class TrialPool:
 
     def run_all(self, calls: Sequence[Callable[[], _T]]) -> list[_T]:
         """Each call (which trains through `run`) in a thread of its own, `size` at a time; their results in
-        order. The first error ends the pool (the other calls' trials with it) and is raised."""
+        order. The first call to fail ends the pool (the other calls' trials with it) and its error is raised;
+        so does a Ctrl-C while waiting."""
         if self.size == 1:
             return [call() for call in calls]
+        errors: list[Exception] = []
+
+        def guarded(call: Callable[[], _T]) -> _T:
+            try:
+                return call()
+            except Exception as exc:
+                errors.append(exc)
+                self.kill()
+                raise
+
         with ThreadPoolExecutor(self.size) as threads:
-            futures = [threads.submit(call) for call in calls]
+            futures = [threads.submit(guarded, call) for call in calls]
             try:
                 return [future.result() for future in futures]
-            except BaseException:
+            except Exception:
+                raise errors[0] from None
+            except BaseException:  # Ctrl-C: the threads end with the pool before the caller records the stop
                 self.kill()
                 raise
 
@@ -471,9 +452,9 @@ class FineSearch:
 
     def tuners(self, on_trial: Callable[[FineTrial], None], done: Mapping[str, FineTrial], pool: TrialPool | None,
                count: int | None = None, overwrite: bool = True) -> list[_TrackedTuner]:
-        """`count` (default `pool.size`) tuners over one oracle, ids tuner0, tuner1, ...: searched together in
-        threads, each trains one trial at a time in `pool`. They share their finished trials and report each
-        trial once."""
+        """`count` (default `pool.size`) tuners over one oracle, ids tuner0, tuner0-1, ...: searched together in
+        threads (`TrialPool.run_all`), each trains one trial at a time in `pool`. They share their finished trials
+        and report each trial once."""
         kt_config.DEBUG = self.job.verbose >= 2  # KerasTuner prints every failed trial's traceback by default
         objective = kt.Objective(self.scoring.val_key, self.scoring.direction)
         common = dict(objective=objective, seed=self.seed, max_consecutive_failed_trials=10**9)

@@ -10,6 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def process_count(n_jobs: int) -> int:
+    """How many worker processes `n_jobs` asks for, scikit-learn's way: -1 is one per core."""
+    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+
+
 def threads_per_worker(workers: int) -> int:
     """The cores each of `workers` processes gets when they share this machine."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
