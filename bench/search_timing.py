@@ -114,6 +114,6 @@ def _refit_seconds(config: Config, result: pipeline.SearchResult) -> float:
     the cost), timed."""
     ctx = SearchContext(result.data, result.scoring, config.model, config.seed)
     start = time.time()
-    refit_and_test(ctx, dict(result.final.params), result.final.epochs)
+    refit_and_test(ctx, dict(result.final.params), result.final.schedule)
     return time.time() - start
 

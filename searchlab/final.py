@@ -1,18 +1,19 @@
 """Final model: refit the chosen hyperparameters on all training rows, then test it once.
 
 With no validation rows left, training runs for the epoch count at which the chosen
-configuration's fine-stage validation score was best (what early stopping restored), at the
-learning rates that fit used.
+configuration's validation score was best (what early stopping restored), at the learning rates that
+fit used; of the validation splits the configuration trained on, the one whose best epoch came last.
 The test split is used here and only here: for the model, a trivial baseline and a reference (gradient-boosted
 trees with scikit-learn's defaults), all three scored with bootstrap intervals on the same resamples.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import keras
 import numpy as np
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -20,7 +21,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from searchlab.config import FinalConfig
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
-from searchlab.metrics import evaluate_predictions, metric_names
+from searchlab.metrics import Scoring, evaluate_predictions, metric_names
 from searchlab.model import (
     Scalers,
     StopOnNonFiniteLoss,
@@ -29,8 +30,10 @@ from searchlab.model import (
     execution_steps,
     fit_model,
     predict_scores,
+    replay_learning_rate,
     split_hyperparameters,
 )
+from searchlab.trials import FineTrial
 from searchlab.uncertainty import Comparison, Estimate, bootstrap, compare, estimate
 
 
@@ -48,13 +51,27 @@ class HeldOutScores:
 
 
 @dataclass(frozen=True)
+class RefitSchedule:
+    """How long the final refit trains, and at which learning rates: those of one validated fit."""
+
+    epochs: int
+    curves: Mapping[str, list[float]] = field(default_factory=dict)  # the validated fit's (its learning_rate)
+    first_epoch: int = 0  # the epoch `curves` start at
+    split_epochs: tuple[int, ...] = ()  # the best epoch count on each validation split `epochs` was chosen from
+
+
+@dataclass(frozen=True)
 class FinalResult:
     params: dict[str, Any]
-    epochs: int
+    schedule: RefitSchedule
     scores: HeldOutScores
     history: dict[str, list[float]]
     model: Any  # keras.Model on raw features, predicting in target units / class probabilities
     test_prediction: np.ndarray  # class probabilities (classification) or predicted values on the test split
+
+    @property
+    def epochs(self) -> int:
+        return self.schedule.epochs
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -84,14 +101,29 @@ def best_epoch_count(curves: dict[str, list[float]], fallback: int, key: str = "
     return int(tied[0]) + 1
 
 
-def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
-                   learning_rates: keras.callbacks.Callback | None = None,
-                   settings: FinalConfig | None = None) -> FinalResult:
-    """Train `params` on all training rows for `epochs`, evaluate on the test split against a baseline (and the
-    reference, unless `settings.reference` is off), with intervals.
+def refit_schedule(trial: FineTrial, scoring: Scoring) -> RefitSchedule:
+    """The refit of `trial` follows the validated fit (on the fine split, or on a split the re-scoring trained) whose
+    best epoch came last: its epoch count and learning rates.
 
-    `learning_rates` (`searchlab.model.replay_learning_rate`) replays the chosen fit's learning rates.
+    One split's best epoch is noisy, and stopping too soon costs more than training on: a validation score climbs
+    steeply before its best epoch and falls slowly after it, at the rates the cuts have lowered by then. So the
+    longest of the splits' best epochs, not one split's or their median, is the one most likely to suit a fit on
+    all the rows (docs/results.md, "How long the final refit trains").
     """
+    splits = [(trial.curves, trial.first_epoch)] + [
+        (curves, 0) for curves, score in zip(trial.confirm_curves, trial.confirm_scores, strict=True)
+        if math.isfinite(score)]
+    counts = [first + best_epoch_count(curves, trial.params["epochs"], scoring.val_key, scoring.direction)
+              for curves, first in splits]
+    longest = counts.index(max(counts))
+    curves, first_epoch = splits[longest]
+    return RefitSchedule(counts[longest], curves, first_epoch, tuple(counts))
+
+
+def refit_and_test(ctx: SearchContext, params: dict[str, Any], schedule: RefitSchedule,
+                   settings: FinalConfig | None = None) -> FinalResult:
+    """Train `params` on all training rows as `schedule` says, evaluate on the test split against a baseline (and
+    the reference, unless `settings.reference` is off), with intervals."""
     settings = settings or FinalConfig()
     data, seed = ctx.data, ctx.seed
     scalers = Scalers.fit(data.X_train, data.y_train, data.task, params["scaling"])
@@ -101,16 +133,18 @@ def refit_and_test(ctx: SearchContext, params: dict[str, Any], epochs: int,
     with deterministic(seed):
         net = ctx.builder.build(n_features=X.shape[1], task=data.task, n_classes=data.n_classes,
                                 steps_per_execution=execution_steps(ctx.model.steps_per_execution, len(X),
-                                                                    fit["batch_size"], epochs),
+                                                                    fit["batch_size"], schedule.epochs),
                                 target_scale=scalers.target_scale, **build)
+        learning_rates = replay_learning_rate(schedule.curves, schedule.first_epoch)
         callbacks = [StopOnNonFiniteLoss(), *([learning_rates] if learning_rates else [])]
-        history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=epochs, seed=seed, callbacks=callbacks,
-                            class_weight=ctx.model.class_weight, verbose=2 if ctx.verbose >= 2 else 0)
+        history = fit_model(net, X, y, batch_size=fit["batch_size"], epochs=schedule.epochs, seed=seed,
+                            callbacks=callbacks, class_weight=ctx.model.class_weight,
+                            verbose=2 if ctx.verbose >= 2 else 0)
     model = scalers.wrap(net)
     prediction = predict_scores(model, data.X_test, data.task)
     return FinalResult(
         params=dict(params),
-        epochs=epochs,
+        schedule=schedule,
         scores=score_held_out(ctx, prediction, settings),
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         model=model,

@@ -272,17 +272,19 @@ def confirm(ctx: SearchContext, fine: FineResult, settings: FineConfig,
     pool = pool or TrialPool.of(settings)
     rescored: dict[str, FineTrial] = {}
 
-    def score(trial: FineTrial, job: _TrainJob) -> float:
+    def curves(trial: FineTrial, job: _TrainJob) -> dict[str, list[float]]:
         try:
-            return best_score(execution_means(pool.run(_train, dataclasses.replace(job, values=trial.params))),
-                              ctx.scoring)
+            return execution_means(pool.run(_train, dataclasses.replace(job, values=trial.params)))
         except kt.errors.FailedTrialError:
-            return float("nan")
+            return {}
 
     try:
-        scores = iter(pool.run_all([functools.partial(score, trial, job) for trial in ranked for job in jobs]))
+        trained = iter(pool.run_all([functools.partial(curves, trial, job) for trial in ranked for job in jobs]))
         for trial in ranked:
-            rescored[trial.trial_id] = dataclasses.replace(trial, confirm_scores=tuple(next(scores) for _ in jobs))
+            split_curves = tuple(next(trained) for _ in jobs)
+            rescored[trial.trial_id] = dataclasses.replace(
+                trial, confirm_scores=tuple(best_score(c, ctx.scoring) for c in split_curves),
+                confirm_curves=split_curves)
             if on_trial is not None:
                 on_trial(rescored[trial.trial_id])
     finally:

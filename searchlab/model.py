@@ -297,7 +297,7 @@ def training_callbacks(settings: ModelConfig, scoring: Scoring | None = None) ->
     return callbacks
 
 
-def replay_learning_rate(curves: dict[str, list[float]], first_epoch: int = 0) -> keras.callbacks.Callback | None:
+def replay_learning_rate(curves: Mapping[str, list[float]], first_epoch: int = 0) -> keras.callbacks.Callback | None:
     """The learning rates a validated fit used, epoch by epoch, for a refit without validation rows.
 
     `curves["learning_rate"][i]` is the rate epoch `first_epoch + i` trained at; epochs before the curve's

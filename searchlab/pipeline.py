@@ -28,10 +28,9 @@ from searchlab.context import SearchContext
 from searchlab.data import Dataset, check_cv_feasible, load_dataset
 from searchlab.errors import ConfigError, SearchInterrupted, StageFailedError
 from searchlab.figures import search_plots, stage_plot
-from searchlab.final import FinalResult, HeldOutScores, best_epoch_count, refit_and_test
+from searchlab.final import FinalResult, HeldOutScores, RefitSchedule, refit_and_test, refit_schedule
 from searchlab.fine import FineResult, FineSearch, TrialPool, confirm, run_fine, settling_trials
 from searchlab.metrics import Scoring, scoring_for
-from searchlab.model import replay_learning_rate
 from searchlab.narrow import FineSpace, narrow
 from searchlab.records import Finished
 from searchlab.space import Param, grid_size, space_as_dict
@@ -130,7 +129,7 @@ class SearchResult:
             f"under the same protocol: {self.scoring.to_metric(self.fine.coarse_winner.score):.4f}",
             *([self._confirmation()] if fine_best.confirm_scores else []),
             f"- **Chosen:** {self.chosen_from}, {format_params(self.final.params)} (refit on all training rows "
-            f"for {self.final.epochs} epochs)",
+            f"for {_refit_length(self.final.schedule)})",
             *self._test_lines(),
             f"- **Wall time:** {format_duration(self.wall_time)}",
             *([f"- **Registry:** {self.registry}"] if self.registry else []),
@@ -140,6 +139,14 @@ class SearchResult:
             self.fine_space.account(),
         ]
         return "\n".join(lines)
+
+
+def _refit_length(schedule: RefitSchedule) -> str:
+    """"40 epochs", and where they come from when the winner trained on more than one validation split."""
+    if len(schedule.split_epochs) < 2:
+        return f"{schedule.epochs} epochs"
+    return (f"{schedule.epochs} epochs, the latest of its best epochs on {len(schedule.split_epochs)} validation "
+            f"splits: {', '.join(map(str, schedule.split_epochs))}")
 
 
 def _minority(data: Dataset, prediction: np.ndarray) -> str:
@@ -211,11 +218,9 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
 
         fine = _fine_stage(search, ctx, config, coarse.best, fine_space)
         best = fine.best
-        epochs = best.first_epoch + best_epoch_count(best.curves, best.params["epochs"], scoring.val_key,
-                                                     scoring.direction)
-        say(f"final: refitting the best configuration on all training rows for {epochs} epochs")
-        final = refit_and_test(ctx, best.params, epochs, replay_learning_rate(best.curves, best.first_epoch),
-                               config.final)
+        schedule = refit_schedule(best, scoring)
+        say(f"final: refitting the best configuration on all training rows for {_refit_length(schedule)}")
+        final = refit_and_test(ctx, best.params, schedule, config.final)
         result = SearchResult(parent, tracker.experiment_id, tracker.uri, data, scoring, coarse, fine_space, fine,
                               final, time.time() - started)
         result = _record_result(tracker, config.tracking, result)
@@ -383,7 +388,8 @@ def _record_result(tracker: Tracker, settings: TrackingConfig, result: SearchRes
         else None
     tracker.log(
         parent,
-        params={f"best.{k}": v for k, v in final.params.items()} | {"best.final_epochs": final.epochs},
+        params={f"best.{k}": v for k, v in final.params.items()} | {
+            "best.final_epochs": final.epochs, "best.split_epochs": ",".join(map(str, final.schedule.split_epochs))},
         metrics={**result_metrics(final.scores, scoring.display_name),
                  "coarse_best_score": result.coarse.best.mean_score, "fine_best_score": result.fine.best.score,
                  "wall_time_s": result.wall_time},

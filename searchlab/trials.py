@@ -56,6 +56,7 @@ class FineTrial:
     end_time: float = 0.0
     first_epoch: int = 0  # Hyperband continues some trials from an earlier one's weights
     confirm_scores: tuple[float, ...] = ()  # scores on further validation splits (`confirm`)
+    confirm_curves: tuple[dict[str, list[float]], ...] = ()  # and the per-epoch curves behind them
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,7 @@ from searchlab.builders import Builder, load_builder, searched_space
 from searchlab.config import compose
 from searchlab.data import Dataset
 from searchlab.errors import ConfigError
-from searchlab.final import refit_and_test
+from searchlab.final import RefitSchedule, refit_and_test
 from searchlab.space import BUILD_PARAMS, HYPERPARAMETERS, Param, parse_value
 from tests.conftest import TINY, stage_inputs
 
@@ -133,7 +133,7 @@ def test_the_final_stage_refits_a_custom_regression_network_in_target_units() ->
     config, ctx = stage_inputs("dataset.generator=regression", "model=custom", f"model.builder={RESIDUAL}")
     builder = load_builder(config.model, ctx.data)
     ctx = type(ctx)(ctx.data, ctx.scoring, ctx.model, ctx.seed, ctx.verbose, builder)
-    final = refit_and_test(ctx, {**ctx.defaults, "layers": 1, "units": 16}, epochs=3)
+    final = refit_and_test(ctx, {**ctx.defaults, "layers": 1, "units": 16}, RefitSchedule(3))
     assert "residual_mlp" in [layer.name for layer in final.model.layers]
     prediction = final.model.predict(ctx.data.X_test, verbose=0).ravel()
     assert np.std(prediction) > 0.05 * np.std(ctx.data.y_test)  # in target units, not standardized ones

@@ -18,7 +18,7 @@ import pytest
 
 from searchlab.config import Config
 from searchlab.context import SearchContext
-from searchlab.fine import FineResult, StageStopped, TrialPool, confirm, edge_values, run_fine
+from searchlab.fine import FineResult, StageStopped, TrialPool, best_score, confirm, edge_values, run_fine
 from searchlab.infra.processes import threads_per_worker
 from searchlab.narrow import Decision, FineSpace, Influence
 from searchlab.space import Param, grid_size
@@ -226,6 +226,9 @@ def test_confirm_rescores_the_best_on_other_splits_and_chooses_by_the_mean(grid:
     assert {t.trial_id for t in rescored} == {t.trial_id for t in reported}
     for trial in rescored:
         assert len(trial.confirm_scores) == 2 and all(0.0 <= s <= 1.0 for s in trial.confirm_scores)
+        # each split's curves are kept (the final refit's length is chosen from them)
+        assert [best_score(c, ctx.scoring) for c in trial.confirm_curves] == list(trial.confirm_scores)
+        assert all(len(c["learning_rate"]) == len(c[ctx.scoring.val_key]) for c in trial.confirm_curves)
         assert trial.confirmed_score == pytest.approx(np.mean([trial.score, *trial.confirm_scores]))
     assert confirmed.best in rescored
     assert confirmed.best.confirmed_score == max(t.confirmed_score for t in rescored)

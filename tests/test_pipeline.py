@@ -115,12 +115,22 @@ def test_curves_are_step_series(smoke: tuple[pipeline.SearchResult, MlflowClient
     assert len(client.get_metric_history(coarse_run.info.run_id, "val_loss")) >= 1
 
 
-def test_final_refit_replays_the_winners_learning_rates(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
-    result, _, _ = smoke
-    winner = result.fine.best.curves["learning_rate"]
+def test_final_refit_follows_the_winners_longest_split(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    """The refit trains for the latest of the winner's best epochs over its validation splits, replaying the
+    learning rates of that split's fit; both are recorded."""
+    result, client, _ = smoke
+    best, schedule = result.fine.best, result.final.schedule
+    assert best.confirm_curves and len(schedule.split_epochs) == 1 + len(best.confirm_curves)
+    assert schedule.epochs == max(schedule.split_epochs)
+    split = [best.curves, *best.confirm_curves][schedule.split_epochs.index(schedule.epochs)]
+    assert schedule.curves == split
+    rates = split["learning_rate"][:schedule.epochs]
     refit = result.final.history["learning_rate"]
     assert len(refit) == result.final.epochs
-    assert refit == pytest.approx((winner + [winner[-1]] * len(refit))[:len(refit)])
+    assert refit == pytest.approx(rates + [rates[-1]] * (len(refit) - len(rates)))
+    params = client.get_run(result.run_id).data.params
+    assert params["best.split_epochs"] == ",".join(map(str, schedule.split_epochs))
+    assert params["best.final_epochs"] == str(schedule.epochs)
 
 
 def test_artifacts_and_model_roundtrip(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
