@@ -142,7 +142,7 @@ class SearchResult:
 
 
 def _refit_length(schedule: RefitSchedule) -> str:
-    """"40 epochs", and where they come from when the winner trained on more than one validation split."""
+    """The refit's length ("40 epochs"), and where it comes from when the winner trained on several splits."""
     if len(schedule.split_epochs) < 2:
         return f"{schedule.epochs} epochs"
     return (f"{schedule.epochs} epochs, the latest of its best epochs on {len(schedule.split_epochs)} validation "
