@@ -42,7 +42,7 @@ from searchlab.config import Config, compose
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
 from searchlab.errors import SearchInterrupted
-from searchlab.final import best_epoch_count, reference_prediction, refit_and_test
+from searchlab.final import RefitSchedule, best_epoch_count, reference_prediction, refit_and_test
 from searchlab.fine import ScaledSplit, scaled_splits
 from searchlab.infra.processes import worker_thread_env
 from searchlab.metrics import Scoring, evaluate_predictions, scorer
@@ -50,7 +50,6 @@ from searchlab.model import (
     build_model,
     diverged,
     fit_model,
-    replay_learning_rate,
     split_hyperparameters,
     training_callbacks,
 )
@@ -263,7 +262,7 @@ def _sklearn_search(bench: Bench, method: str, search: Any, recorder: FoldRecord
     # and at the learning rates of the fold whose best epoch is nearest that count
     typical = best[int(np.argmin([abs(e - epochs) for e in best_epochs]))]
     params = {key.rsplit("__", 1)[-1]: _plain(value) for key, value in search.best_params_.items()}
-    test, refit_epochs, prediction = _refit(bench, params, epochs, replay_learning_rate(typical))
+    test, refit_epochs, prediction = _refit(bench, params, RefitSchedule(epochs, typical))
     return MethodResult(method, settings, bench.plan.planned(method), float(search.best_score_), test,
                         trials=len(results["params"]),
                         epochs_trained=sum(f["epochs"] for folds in by_key.values() for f in folds) + refit_epochs,
@@ -360,7 +359,7 @@ def run_keras_tuner(bench: Bench, started: float) -> MethodResult:
     epochs = first + best_epoch_count({"v": [v for _, v in curve]}, bench.plan.epochs, "v", scoring.direction)
     params = {k: v for k, v in hypermodel.values(best.hyperparameters.copy()).items() if k != "epochs"}
     rates = {"learning_rate": tuner.learning_rate.get(best.trial_id, [])}
-    test, refit_epochs, prediction = _refit(bench, params, epochs, replay_learning_rate(rates, first))
+    test, refit_epochs, prediction = _refit(bench, params, RefitSchedule(epochs, rates, first))
     settings = {"max_epochs": bench.plan.epochs, "factor": fine.factor,
                 "hyperband_iterations": bench.plan.kt_iterations, "validation_fraction": fine.validation_fraction}
     return MethodResult("kerastuner-hyperband", settings, bench.plan.kerastuner, scoring.to_score(best.score), test,
@@ -443,7 +442,7 @@ def run_optuna(bench: Bench, started: float) -> MethodResult:
     curve = curves[best.number]
     epochs = best_epoch_count(curve, bench.plan.epochs, scoring.val_key, scoring.direction)
     params = {**bench.defaults, **best.params}
-    test, refit_epochs, prediction = _refit(bench, params, epochs, replay_learning_rate(curve))
+    test, refit_epochs, prediction = _refit(bench, params, RefitSchedule(epochs, curve))
     settings = {"sampler": "TPESampler", "pruner": "MedianPruner(n_startup_trials=5, n_warmup_steps=5)",
                 "validation_fraction": fine.validation_fraction, "pruned": len(study.trials) - len(complete)}
     best_value = float(best.value if best.value is not None else math.nan)
@@ -465,11 +464,11 @@ def run_reference(bench: Bench, started: float) -> MethodResult:
                         test_prediction=prediction)
 
 
-def _refit(bench: Bench, params: dict[str, Any], epochs: int, learning_rates: keras.callbacks.Callback | None,
-           ) -> tuple[dict[str, float], int, np.ndarray]:
-    """Test metrics of `params` refit on all training rows (at `learning_rates`), the epochs that refit trained,
-    and its prediction on the test rows. The reference is left to the `gbdt-reference` method (fitted once)."""
-    final = refit_and_test(bench.ctx, {**bench.defaults, **params}, epochs, learning_rates=learning_rates,
+def _refit(bench: Bench, params: dict[str, Any], schedule: RefitSchedule) -> tuple[dict[str, float], int, np.ndarray]:
+    """Test metrics of `params` refit on all training rows (as long as `schedule` says, at its learning rates), the
+    epochs that refit trained, and its prediction on the test rows. The reference is left to the `gbdt-reference`
+    method (fitted once)."""
+    final = refit_and_test(bench.ctx, {**bench.defaults, **params}, schedule,
                            settings=replace(bench.config.final, reference=False))
     return _test_metrics(final.test_metrics), len(final.history.get("loss", [])), final.test_prediction
 

@@ -29,7 +29,7 @@ from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import Config
 from searchlab.context import SearchContext
 from searchlab.data import Dataset
-from searchlab.final import refit_and_test
+from searchlab.final import RefitSchedule, refit_and_test
 from searchlab.metrics import scoring_for
 
 STAGES = ("coarse", "fine")
@@ -106,7 +106,7 @@ def timed_search(config: Config, data: Dataset, *, refit: bool = True,
 def warm_up(config: Config, data: Dataset) -> None:
     """One short refit in this process, so the first timed search does not carry TensorFlow's start-up."""
     ctx = SearchContext(data, scoring_for(data.task, config.search.coarse.scoring), config.model, config.seed)
-    refit_and_test(ctx, ctx.defaults, epochs=1)
+    refit_and_test(ctx, ctx.defaults, RefitSchedule(1))
 
 
 def _refit_seconds(config: Config, result: pipeline.SearchResult) -> float:

@@ -138,7 +138,7 @@ def test_choices_left_open_are_settled_one_after_the_other_before_the_grid(tmp_p
     first = max((coarse_winner, by_scaling), key=lambda t: t.score)
     assert by_activation.params == {**first.params, "activation": "tanh"}
     second = max((first, by_activation), key=lambda t: t.score)
-    assert [t.tuned for t in grid] == [{"layers": 1}, {"layers": 2}]
+    assert sorted(t.tuned["layers"] for t in grid) == [1, 2]  # trained together: they end in either order
     assert all(t.params["scaling"] == second.params["scaling"] and t.params["activation"] == second.params["activation"]
                for t in grid)
     assert {t.trial_id for t in result.trials} == {by_scaling.trial_id, by_activation.trial_id,

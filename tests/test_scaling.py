@@ -17,7 +17,7 @@ from searchlab.coarse import make_estimator, param_key, run_coarse
 from searchlab.config import Config
 from searchlab.context import SearchContext
 from searchlab.data import load_dataset
-from searchlab.final import refit_and_test
+from searchlab.final import RefitSchedule, refit_and_test
 from searchlab.fine import run_fine
 from searchlab.metrics import scoring_for
 from searchlab.model import Scalers, build_model, fit_model
@@ -149,6 +149,6 @@ def test_searched_scaling_trains_every_kind(tmp_path: Path) -> None:
     fine = run_fine(ctx, FineSpace({"scaling": space["scaling"]}, {}, (), 6, 3, 0), coarse.best.params,
                     config.search.fine, workdir=tmp_path)
     assert {t.params["scaling"] for t in fine.trials if t.ok} == set(SCALINGS)
-    final = refit_and_test(ctx, {**ctx.defaults, "scaling": "piecewise", "units": 8}, 2)
+    final = refit_and_test(ctx, {**ctx.defaults, "scaling": "piecewise", "units": 8}, RefitSchedule(2))
     assert any(layer.name.startswith("piecewise") for layer in final.model.layers)
     assert not any(layer.name.startswith("quantile") for layer in final.model.layers)
