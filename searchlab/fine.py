@@ -14,9 +14,10 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import keras
 import keras_tuner as kt
 import keras_tuner.src.config as kt_config  # the only switch for KerasTuner's traceback per failed trial
+import keras_tuner.src.engine.oracle as kt_oracle  # its oracles' locks: see _ReleasingOracle
 import numpy as np
 from joblib.externals.loky import ProcessPoolExecutor
 from sklearn.model_selection import train_test_split
@@ -462,8 +464,8 @@ class FineSearch:
         common = dict(objective=objective, seed=self.seed, max_consecutive_failed_trials=10**9)
         oracle: kt.Oracle
         if self.settings.kind == "hyperband":
-            oracle = kt.oracles.HyperbandOracle(max_epochs=self.settings.max_epochs, factor=self.settings.factor,
-                                                hyperband_iterations=self.settings.hyperband_iterations, **common)
+            oracle = _HyperbandOracle(max_epochs=self.settings.max_epochs, factor=self.settings.factor,
+                                      hyperband_iterations=self.settings.hyperband_iterations, **common)
         else:
             oracle = _GridOracle(**common)
         hypermodel = _MLPHyperModel(self.space, self.base, self.settings)
@@ -680,8 +682,45 @@ def _trial_record(trial_id: str, values: dict[str, Any], tuned: dict[str, Any],
     return FineTrial(trial_id, values, tuned, score, curves, error, started, time.time(), first_epoch)
 
 
-class _GridOracle(kt.oracles.GridSearchOracle):
-    """KerasTuner's grid, in its order, handed out without waiting for running trials to end.
+class _ReleasingOracle(kt.Oracle):
+    """An oracle that several tuner threads (or KerasTuner's gRPC chief) share safely.
+
+    KerasTuner's `synchronized` methods (create_trial, update_trial, end_trial) take the oracle's lock and do not
+    release it when they raise: the thread goes on (KerasTuner fails the trial) and every other tuner waits for the
+    lock forever. Here the lock is released and the error raised as before.
+    """
+
+    def create_trial(self, tuner_id: str) -> kt.engine.trial.Trial:
+        with _released_on_error(self):
+            return super().create_trial(tuner_id)
+
+    def update_trial(self, trial_id: str, metrics: dict[str, Any], step: int = 0) -> kt.engine.trial.Trial:
+        with _released_on_error(self):
+            return super().update_trial(trial_id, metrics, step)
+
+    def end_trial(self, trial: kt.engine.trial.Trial) -> None:
+        with _released_on_error(self):
+            super().end_trial(trial)
+
+
+@contextmanager
+def _released_on_error(oracle: kt.Oracle) -> Iterator[None]:
+    # `LOCKS` and `THREADS` are where `synchronized` keeps each oracle's lock and the name of the thread holding it.
+    try:
+        yield
+    except BaseException:
+        if kt_oracle.THREADS[oracle] == threading.current_thread().name:
+            kt_oracle.THREADS[oracle] = None
+            kt_oracle.LOCKS[oracle].release()
+        raise
+
+
+class _HyperbandOracle(_ReleasingOracle, kt.oracles.HyperbandOracle):
+    """KerasTuner's Hyperband, shared safely by tuner threads."""
+
+
+class _GridOracle(_ReleasingOracle, kt.oracles.GridSearchOracle):
+    """KerasTuner's grid, in its order, handed out without waiting for running trials to end (and shared safely).
 
     KerasTuner derives a trial's grid point from an ended trial's, so its distributed workers
     mostly wait on one another. The fine grid has no conditional hyperparameters: the next point

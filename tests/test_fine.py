@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keras_tuner as kt
 import numpy as np
 import psutil
 import pytest
 
+from searchlab import fine
 from searchlab.config import Config
 from searchlab.context import SearchContext
 from searchlab.fine import FineResult, StageStopped, TrialPool, best_score, confirm, edge_values, run_fine
@@ -143,6 +145,43 @@ def test_choices_left_open_are_settled_one_after_the_other_before_the_grid(tmp_p
                for t in grid)
     assert {t.trial_id for t in result.trials} == {by_scaling.trial_id, by_activation.trial_id,
                                                    *(t.trial_id for t in grid)}
+
+
+@pytest.mark.parametrize("oracle_class", [fine._GridOracle, fine._HyperbandOracle])
+def test_an_oracle_that_raised_still_serves_the_other_tuners(oracle_class: type[kt.Oracle], tmp_path: Path) -> None:
+    """KerasTuner's oracle keeps its lock when a method raises, so the tuners in other threads would wait forever;
+    searchlab's oracles release it."""
+    class Flaky(oracle_class):
+        raised = False
+
+        def populate_space(self, trial_id: str) -> dict[str, Any]:
+            if not self.raised:
+                self.raised = True
+                raise OSError("disk full")
+            return super().populate_space(trial_id)
+
+    hp = kt.HyperParameters()
+    hp.Int("units", 4, 16)
+    extra = {"max_epochs": 3} if oracle_class is fine._HyperbandOracle else {"max_trials": 3}
+    oracle = Flaky(objective=kt.Objective("score", "max"), hyperparameters=hp, seed=0, **extra)
+    oracle._set_project_dir(str(tmp_path), "fine")
+    failed: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            oracle.create_trial("tuner0")
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    thread.join()
+    assert failed and "disk full" in str(failed[0])
+    created: list[kt.engine.trial.Trial] = []
+    other = threading.Thread(target=lambda: created.append(oracle.create_trial("tuner0-1")), daemon=True)
+    other.start()
+    other.join(60)
+    assert created and created[0].status == kt.engine.trial.TrialStatus.RUNNING
 
 
 def test_a_diverging_trial_fails_with_the_reason(tmp_path: Path, pool: TrialPool) -> None:
