@@ -1,6 +1,6 @@
 """Planned training epochs: searchlab's grid settings define the budget B, the other methods are sized to it.
 
-B = coarse ((n_iter * the coarse cap + the paired comparisons' candidates * epochs) * cv) + fine grid
+B = coarse ((n_iter * the coarse cap + (the promoted + the paired comparisons' candidates) * epochs) * cv) + fine grid
 (points ** max_params * epochs) + the coarse winner retrained in the fine stage (epochs) + the final refit
 (epochs). Hyperband and successive-halving schedules are planned as KerasTuner and scikit-learn run them.
 """
@@ -72,7 +72,8 @@ def halving_epochs(n_candidates: int, max_resources: int, factor: int, cv: int) 
 def make_plan(config: Config) -> Plan:
     """The plan for `config` (see the module docstring for B)."""
     coarse, fine, epochs = config.search.coarse, config.search.fine, config.model.epochs
-    sampled, compared = coarse.n_iter * coarse.epochs_per_fit(epochs), n_compared(config.paired_choices()) * epochs
+    sampled = coarse.n_iter * coarse.epochs_per_fit(epochs)
+    compared = (coarse.n_promoted(epochs) + n_compared(config.paired_choices())) * epochs
     coarse_part = (sampled + compared) * coarse.cv
     grid_fine = fine.points**fine.max_params * epochs  # an estimate: choices and fixed ranges change the grid
     budget = coarse_part + grid_fine + 2 * epochs  # + the coarse winner + the refit

@@ -118,11 +118,12 @@ class PairedChoice:
 
 @dataclass(frozen=True)
 class CoarseResult:
-    trials: tuple[CoarseTrial, ...]  # the sampled candidates, then the paired comparisons' (numbered on)
+    trials: tuple[CoarseTrial, ...]  # the sampled candidates, the promoted, then the paired comparisons' (numbered on)
     space: dict[str, Param]
     scoring: Scoring
     n_sampled: int  # how many of `trials` (the first) were sampled from `space`
     paired: tuple[PairedChoice, ...] = ()
+    n_promoted: int = 0  # how many of `trials` (after the sampled) are the best sampled ones at the full budget
 
     @property
     def sampled(self) -> list[CoarseTrial]:
@@ -130,16 +131,44 @@ class CoarseResult:
         return list(self.trials[:self.n_sampled])
 
     @property
+    def promoted(self) -> list[CoarseTrial]:
+        """The best capped candidates cross-validated again at the full budget, in the order they were promoted."""
+        return list(self.trials[self.n_sampled:self.n_sampled + self.n_promoted])
+
+    @property
     def completed(self) -> list[CoarseTrial]:
         return [t for t in self.trials if t.ok]
 
     @property
     def best(self) -> CoarseTrial:
-        """The coarse winner: the best sampled candidate, with the paired comparisons' choices when made."""
+        """The coarse winner: the best sampled candidate (the best promoted one, when the sampled fits were capped),
+        with the paired comparisons' choices when made."""
         decided = [choice for choice in self.paired if choice.chosen is not None]
         if decided:
             return decided[-1].trials[decided[-1].chosen]
-        return max((t for t in self.sampled if t.ok), key=lambda t: t.mean_score)
+        return _best_sampled(self.sampled, self.promoted)
+
+    def standings(self) -> list[tuple[dict[str, Any], float]]:
+        """Each sampled candidate's values and a score ordering them as successive halving does, for the narrowing:
+        the promoted candidates above the rest, by their full-budget scores; the rest by their capped scores.
+        The score is the rank (higher is better; NaN: failed); without promotion, the plain mean CV score."""
+        if not self.n_promoted:
+            return [(t.params, t.mean_score) for t in self.sampled]
+        full = {_values_key(t.params): t.mean_score for t in self.promoted if t.ok}
+        rungs = [(1, full[key]) if (key := _values_key(t.params)) in full else (0, t.mean_score)
+                 for t in self.sampled]
+        order = sorted((i for i, t in enumerate(self.sampled) if t.ok), key=lambda i: rungs[i])
+        rank = {i: float(r) for r, i in enumerate(order, start=1)}
+        return [(t.params, rank.get(i, float("nan"))) for i, t in enumerate(self.sampled)]
+
+
+def _values_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
+
+
+def _best_sampled(sampled: Sequence[CoarseTrial], promoted: Sequence[CoarseTrial]) -> CoarseTrial:
+    """The best promoted candidate (its full-budget trial); without one that succeeded, the best sampled."""
+    return max([t for t in promoted if t.ok] or [t for t in sampled if t.ok], key=lambda t: t.mean_score)
 
 
 class _TrackedFit:
@@ -322,10 +351,12 @@ def run_coarse(
     the winner so far with each of the choice's values, on other folds than the sampled candidates'.
 
     Hyperparameters outside `space` keep their defaults (`ctx.defaults`). A sampled candidate's fit trains at most
-    `settings.epochs` epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`; the
-    paired comparisons train up to `ctx.model.epochs`: a choice such as the scaling changes how fast a network
-    learns (piecewise scaling feeds it many more inputs), which a capped fit would take for how well. The fits run in
-    `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
+    `settings.epochs` epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`. When
+    that cap trains less, the best `settings.promote` candidates are cross-validated again up to `ctx.model.epochs`
+    on the same folds (a second rung, as in successive halving), and the winner is the best of those: a capped fit
+    favours the candidates that learn fastest, not best. The paired comparisons train up to `ctx.model.epochs` too:
+    a choice such as the scaling changes how fast a network learns (piecewise scaling feeds it many more inputs).
+    The fits run in `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
 
     Args:
         paired: choices (not in `space`) decided on the winner by a paired comparison, in order.
@@ -343,12 +374,16 @@ def run_coarse(
         silence_fit_warnings()
         evaluate = _Evaluator(ctx, {**space, **paired}, settings, history_dir=history_dir, workers=workers,
                               recycle=recycle, on_trial=on_trial, finished=dict(finished or {}))
-        trials = evaluate(capped, dict(enumerate(sample_candidates(space, settings.n_iter,
-                                                                   sampler_seed(settings, ctx.seed), ctx.data))),
-                          make_cv(ctx.data, settings.cv, ctx.seed))
+        cv = make_cv(ctx.data, settings.cv, ctx.seed)
+        sampled = evaluate(capped, dict(enumerate(sample_candidates(space, settings.n_iter,
+                                                                    sampler_seed(settings, ctx.seed), ctx.data))), cv)
+        best_capped = sorted((t for t in sampled if t.ok), key=lambda t: -t.mean_score)
+        promoted = evaluate(make_estimator(ctx), {len(sampled) + i: t.params for i, t in
+                                                  enumerate(best_capped[:settings.n_promoted(ctx.model.epochs)])}, cv)
+        trials = sampled + promoted
         decided: list[PairedChoice] = []
         paired_cv = make_cv(ctx.data, settings.cv, ctx.seed + 1)
-        winner = max((t for t in trials if t.ok), key=lambda t: t.mean_score, default=None)
+        winner = _best_sampled(sampled, promoted) if best_capped else None
         for name, param in paired.items():
             if winner is None:
                 break
@@ -361,7 +396,7 @@ def run_coarse(
             trials += found
             decided.append(PairedChoice(name, reused | {t.params[name]: t for t in found}))
             winner = decided[-1].trials.get(decided[-1].chosen)
-    return CoarseResult(tuple(trials), dict(space), ctx.scoring, settings.n_iter, tuple(decided))
+    return CoarseResult(tuple(trials), dict(space), ctx.scoring, settings.n_iter, tuple(decided), len(promoted))
 
 
 def n_compared(paired: Mapping[str, Param]) -> int:
@@ -394,6 +429,7 @@ class _Evaluator:
         by candidate number."""
         ctx, settings = self.ctx, self.settings
         candidate_key = _net_prefix(ctx.data) + "model__candidate"
+        epochs = estimator.get_params()[_net_prefix(ctx.data) + "epochs"]
         X, y = ctx.data.X_train, ctx.data.y_train
         fold_keys = [_fold_key(X[test]) for _, test in cv.split(X, y)]
         done = {n: self.finished[n] for n in candidates if n in self.finished}
@@ -405,7 +441,7 @@ class _Evaluator:
                 params = {name: self.space[name].cast(value) for key, value in candidate.items()
                           if key != candidate_key for name in [key.rsplit("__", 1)[-1]]}
                 scores = tuple(float(results[f"split{k}_test_score"][row]) for k in range(len(fold_keys)))
-                trial = _make_trial(number, params, scores, Path(self.history_dir), fold_keys, started)
+                trial = _make_trial(number, params, scores, Path(self.history_dir), fold_keys, started, epochs)
                 done[number] = trial
                 if self.on_trial is not None:
                     self.on_trial(trial)
@@ -545,7 +581,7 @@ def _fold_key(X: np.ndarray) -> str:
 
 
 def _make_trial(number: int, params: dict[str, Any], scores: tuple[float, ...], history_dir: Path,
-                fold_keys: list[str], started: float) -> CoarseTrial:
+                fold_keys: list[str], started: float, epochs: int) -> CoarseTrial:
     """A candidate's record: its fold scores, the mean of its folds' curves and, if a fold failed, why."""
     histories = [json.loads(path.read_text()) for fold in fold_keys
                  for path in [history_dir / f"{number}-{fold}.json"] if path.exists()]
@@ -553,4 +589,4 @@ def _make_trial(number: int, params: dict[str, Any], scores: tuple[float, ...], 
     if not all(np.isfinite(scores)):
         note = history_dir / f"{number}.error"
         error = note.read_text() if note.exists() else "a fold's fit or scoring failed"
-    return CoarseTrial(number, params, scores, mean_curves(histories), error, started, time.time())
+    return CoarseTrial(number, params, scores, mean_curves(histories), error, started, time.time(), epochs)

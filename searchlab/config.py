@@ -239,15 +239,21 @@ class CoarseConfig:
     scoring: str | None = None
     n_jobs: int = -1
     random_state: int | None = None
-    epochs: int | None = _bounded(None, Interval(1))  # cap on a sampled candidate's fit; null: model.epochs
+    epochs: int | None = _bounded(30, Interval(1))  # cap on a sampled candidate's fit; null: model.epochs
+    promote: int = _bounded(5, Interval(0))  # best capped candidates cross-validated again at model.epochs
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
     space: dict[str, Any] = field(default_factory=dict)
     # name -> values (or null: not compared): choices decided on the coarse winner by a paired comparison
     paired: dict[str, Any] = field(default_factory=dict)
 
     def epochs_per_fit(self, model_epochs: int) -> int:
-        """The most epochs a coarse fit trains: the cap, never above `model.epochs`."""
+        """The most epochs a sampled candidate's fit trains: the cap, never above `model.epochs`."""
         return min(self.epochs or model_epochs, model_epochs)
+
+    def n_promoted(self, model_epochs: int) -> int:
+        """How many of the sampled candidates are cross-validated again at `model.epochs`: `promote` (at most
+        `n_iter`) when the cap trains less, else none."""
+        return min(self.promote, self.n_iter) if self.epochs_per_fit(model_epochs) < model_epochs else 0
 
 
 @dataclass

@@ -21,16 +21,17 @@ def search_plots(out: Path, data: Dataset, scoring: Scoring, coarse: CoarseResul
     """Every plot of the search run, written into `out`."""
     metric = scoring.display_name
     coarse_trials = [(t.params, scoring.to_metric(t.mean_score)) for t in coarse.sampled]
+    coarse_label = f"CV {metric}" + (f" at {coarse.sampled[0].epochs} epochs" if coarse.n_promoted else "")
     views = [_view(d) for d in fine_space.decisions]
     paths = [
         plots.learning_curves(fine.best.curves, scoring.keras_name, out / "learning_curves.png"),
-        plots.scores_vs_params(coarse_trials, views, f"CV {metric}", out / "coarse_scores_vs_params.png"),
+        plots.scores_vs_params(coarse_trials, views, coarse_label, out / "coarse_scores_vs_params.png"),
         plots.influence({d.name: d.influence.share for d in fine_space.decisions}, set(fine_space.tuned),
                         out / "influence.png",
                         intervals={d.name: (d.influence.low, d.influence.high) for d in fine_space.decisions},
                         shown=set(fine_space.shown)),
         plots.parallel_coordinates(coarse_trials, list(coarse.space),
-                                   {n for n, p in coarse.space.items() if p.log}, f"CV {metric}",
+                                   {n for n, p in coarse.space.items() if p.log}, coarse_label,
                                    out / "parallel_coarse.png"),
     ]
     if fine_space.tuned:

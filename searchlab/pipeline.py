@@ -113,14 +113,19 @@ class SearchResult:
         """Markdown summary: printed at the end and shown as the search run's description."""
         metric = self.scoring.display_name
         coarse_best, fine_best = self.coarse.best, self.fine.best
-        n_extra = len(self.coarse.trials) - self.coarse.n_sampled
-        compared = f" + {n_extra} in paired comparisons" if n_extra else ""
+        coarse = self.coarse
+        n_compared = len(coarse.trials) - coarse.n_sampled - coarse.n_promoted
+        sampled = f"{coarse.n_sampled} sampled candidates"
+        if coarse.n_promoted:
+            sampled += (f" at {coarse.sampled[0].epochs} epochs, the best {coarse.n_promoted} again at "
+                        f"{coarse.promoted[0].epochs}")
+        compared = f" + {n_compared} in paired comparisons" if n_compared else ""
         lines = [
             f"## searchlab search on {self.data.name}",
             "",
             f"- **Data:** {self.data.describe()}",
             *(f"- **Note:** {note}" for note in self.data.notes),
-            f"- **Coarse** ({self.coarse.n_sampled} sampled candidates{compared}, "
+            f"- **Coarse** ({sampled}{compared}, "
             f"{len(self.coarse.trials) - len(self.coarse.completed)} failed): best CV {metric} "
             f"{self.scoring.to_metric(coarse_best.mean_score):.4f}"
             f" ± {coarse_best.std_score:.4f} with {format_params(coarse_best.params)}",
@@ -206,7 +211,7 @@ def run(config: Config, *, data: Dataset | None = None, callbacks: Sequence[Sear
     search = _OpenSearch(tracker, parent, finished, hooks)
     try:
         coarse = _coarse_stage(search, ctx, config, space, paired)
-        fine_space = narrow([(t.params, t.mean_score) for t in coarse.sampled], coarse.space,
+        fine_space = narrow(coarse.standings(), coarse.space,
                             config.search.fine.max_params, config.search.fine.top_fraction, seed=config.seed)
         left_open = {choice.name: param for choice in coarse.paired if (param := choice.undecided()) is not None}
         fine_space = fine_space.with_decided(
@@ -274,7 +279,8 @@ def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config, space
     settings = config.search.coarse
     stage_run = records.open_stage(tracker, search.run_id, "coarse", finished)
     tracker.log_dict(stage_run, {"sampled": space_as_dict(space), "paired": space_as_dict(paired)}, "space.json")
-    hooks.on_stage_begin("coarse", settings.n_iter + n_compared(paired) - len(finished.coarse))
+    hooks.on_stage_begin("coarse", settings.n_iter + settings.n_promoted(config.model.epochs) + n_compared(paired)
+                         - len(finished.coarse))
 
     def on_trial(trial: CoarseTrial) -> None:
         records.log_coarse_trial(tracker, stage_run, trial, ctx.scoring)

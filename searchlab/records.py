@@ -133,8 +133,8 @@ def log_coarse_trial(tracker: Tracker, stage_run: str, trial: CoarseTrial, scori
                **{f"{_FOLD}{k}": s for k, s in enumerate(trial.fold_scores)}}
     tags = {RUN_TAG: "trial", STAGE_TAG: "coarse", CANDIDATE_TAG: str(trial.number), **_error(trial.error)}
     return tracker.log_finished_run(
-        stage_run, f"{coarse_label(trial.number)} {format_params(trial.params)}", tags=tags, params=trial.params,
-        metrics=metrics, curves=trial.curves, start_time=trial.start_time, end_time=trial.end_time,
+        stage_run, f"{coarse_label(trial.number)} {format_params(trial.params)}", tags=tags,
+        params={**trial.params, **({"epochs": trial.epochs} if trial.epochs else {})}, metrics=metrics, curves=trial.curves, start_time=trial.start_time, end_time=trial.end_time,
         failed=trial.error is not None)
 
 
@@ -202,7 +202,8 @@ def _coarse_trial(run: StoredRun, space: Space) -> CoarseTrial:
     folds = sorted((int(k.removeprefix(_FOLD)), v) for k, v in run.metrics.items() if k.startswith(_FOLD))
     error = run.tags.get(ERROR_TAG)
     scores = tuple(v for _, v in folds) if not error else (float("nan"),)
-    return CoarseTrial(int(run.tags[CANDIDATE_TAG]), params, scores, run.curves, error, run.start_time, run.end_time)
+    return CoarseTrial(int(run.tags[CANDIDATE_TAG]), params, scores, run.curves, error, run.start_time, run.end_time,
+                       int(run.params.get("epochs", 0)))
 
 
 def _fine_trial(run: StoredRun) -> FineTrial:

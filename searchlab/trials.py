@@ -27,6 +27,7 @@ class CoarseTrial:
     error: str | None = None
     start_time: float = 0.0
     end_time: float = 0.0
+    epochs: int = 0  # the most epochs each fold's fit could train (the coarse cap, or model.epochs)
 
     @property
     def ok(self) -> bool:

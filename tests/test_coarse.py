@@ -168,30 +168,40 @@ def test_finished_candidates_are_reused_and_the_rest_match_a_full_run(
         assert a.fold_scores == b.fold_scores  # bit for bit: SciKeras turns TensorFlow's op determinism on
 
 
-def test_paired_choices_compare_the_winner_value_by_value_and_keep_the_best() -> None:
-    """Each paired choice cross-validates the winner so far with each of its values (the first choice every value,
-    the next every value but the winner's, which it reuses); the best mean is kept and is the stage's winner. A
-    resumed stage reuses finished comparisons and repeats the rest exactly. `search.coarse.epochs` caps the sampled
-    candidates' fits (low fidelity); the comparisons train up to `model.epochs`, as a choice can change how fast a
-    network learns."""
-    config, ctx = stage_inputs(*FAST, "search.coarse.n_iter=2", "search.coarse.epochs=2")
+def test_capped_candidates_promote_the_best_and_paired_choices_compare_the_winner_value_by_value() -> None:
+    """`search.coarse.epochs` caps the sampled candidates' fits (low fidelity); the best `promote` of them are
+    cross-validated again up to `model.epochs` on the same folds, and the best of those is the winner. Each paired
+    choice then cross-validates the winner so far with each of its values (the first choice every value, the next
+    every value but the winner's, which it reuses) up to `model.epochs`, as a choice can change how fast a network
+    learns; the best mean is kept and is the stage's winner. A resumed stage reuses finished candidates and repeats
+    the rest exactly."""
+    config, ctx = stage_inputs(*FAST, "search.coarse.epochs=2", "search.coarse.promote=2")
     paired = {"scaling": Param("scaling", "choice", values=("standard", "quantile")),
               "activation": Param("activation", "choice", values=("relu", "tanh"))}
     reported: list[CoarseTrial] = []
     result = run_coarse(ctx, config.coarse_space(), config.search.coarse, paired=paired, on_trial=reported.append)
-    assert [t.number for t in reported] == [0, 1, 2, 3, 4] == [t.number for t in result.trials]
-    assert result.sampled == list(result.trials[:2])
-    sampled_winner = max(result.sampled, key=lambda t: t.mean_score)
+    assert [t.number for t in reported] == list(range(8)) == [t.number for t in result.trials]
+    assert result.sampled == list(result.trials[:3]) and result.promoted == list(result.trials[3:5])
+    assert [len(t.curves["loss"]) for t in result.trials] == [2, 2, 2, 3, 3, 3, 3, 3]
+    assert [t.epochs for t in result.trials] == [2, 2, 2, 3, 3, 3, 3, 3]
+    best_capped = sorted(result.sampled, key=lambda t: -t.mean_score)[:2]
+    assert [t.params for t in result.promoted] == [t.params for t in best_capped]
+    promoted_winner = max(result.promoted, key=lambda t: t.mean_score)
+    # the narrowing's order: the promoted above the rest, by their full-budget scores
+    ranks = {repr(params): rank for params, rank in result.standings()}
+    assert ranks[repr(promoted_winner.params)] == 3.0
+    assert sorted(ranks.values()) == [1.0, 2.0, 3.0]
+    assert ranks[repr(sorted(result.sampled, key=lambda t: t.mean_score)[0].params)] == 1.0
+
     scaling, activation = result.paired
-    assert [(value, t.number) for value, t in scaling.trials.items()] == [("standard", 2), ("quantile", 3)]
-    assert [len(t.curves["loss"]) for t in result.trials] == [2, 2, 3, 3, 3]
+    assert [(value, t.number) for value, t in scaling.trials.items()] == [("standard", 5), ("quantile", 6)]
     for value, trial in scaling.trials.items():
-        assert trial.ok and trial.params == {**sampled_winner.params, "scaling": value}
+        assert trial.ok and trial.params == {**promoted_winner.params, "scaling": value}
     assert scaling.trials[scaling.chosen].mean_score == max(t.mean_score for t in scaling.trials.values())
     winner = scaling.trials[scaling.chosen]
     assert activation.trials["relu"] is winner  # the default activation: the winner as it is
     assert activation.trials["tanh"].params == {**winner.params, "activation": "tanh"}
-    assert activation.trials["tanh"].number == 4
+    assert activation.trials["tanh"].number == 7
     assert result.best is activation.trials[activation.chosen]
     verdict = (f"fixed at {activation.chosen}, by a paired" if activation.undecided() is None
                else "left to the fine stage among {")
@@ -199,9 +209,32 @@ def test_paired_choices_compare_the_winner_value_by_value_and_keep_the_best() ->
 
     again: list[CoarseTrial] = []
     resumed = run_coarse(ctx, config.coarse_space(), config.search.coarse, paired=paired, on_trial=again.append,
-                         finished={t.number: t for t in result.trials[:3]})
-    assert [t.number for t in again] == [3, 4]
+                         finished={t.number: t for t in result.trials[:4]})
+    assert [t.number for t in again] == [4, 5, 6, 7]
     assert [(t.params, t.fold_scores) for t in resumed.trials] == [(t.params, t.fold_scores) for t in result.trials]
+
+
+def test_standings_rank_the_promoted_above_the_rest_and_fall_back_without_them() -> None:
+    """A promoted candidate ranks by its full-budget score above every capped one, whatever its capped score; one
+    whose full-budget fits failed ranks by its capped score; a failed capped candidate stays NaN. The winner is the
+    best promoted one, or the best capped one when every promoted one failed."""
+    capped = [CoarseTrial(i, {"units": units}, scores) for i, (units, scores) in
+              enumerate([(8, (0.70, 0.72)), (16, (0.90, 0.88)), (32, (0.85, 0.87)), (64, (0.60, 0.62))])]
+    capped.append(CoarseTrial(4, {"units": 128}, (float("nan"),), error="nan loss"))
+    promoted = [CoarseTrial(5, {"units": 16}, (0.91, 0.91)), CoarseTrial(6, {"units": 32}, (0.95, 0.93))]
+    space = {"units": Param("units", "int", 8, 128, log=True)}
+    scoring = scoring_for("binary", None)
+    result = coarse.CoarseResult((*capped, *promoted), space, scoring, n_sampled=5, n_promoted=2)
+    ranks = [rank for _, rank in result.standings()]
+    assert ranks[:4] == [2.0, 3.0, 4.0, 1.0] and np.isnan(ranks[4])
+    assert result.best is promoted[1]
+    failed = CoarseTrial(6, {"units": 32}, (float("nan"),), error="nan loss")
+    result = coarse.CoarseResult((*capped, promoted[0], failed), space, scoring, n_sampled=5, n_promoted=2)
+    assert [rank for _, rank in result.standings()][:4] == [2.0, 4.0, 3.0, 1.0]
+    assert result.best is promoted[0]
+    unpromoted = coarse.CoarseResult(tuple(capped), space, scoring, n_sampled=5)
+    assert [score for _, score in unpromoted.standings()][:4] == [t.mean_score for t in capped[:4]]
+    assert unpromoted.best is capped[1]
 
 
 def test_a_paired_choice_whose_every_value_failed_decides_nothing() -> None:
