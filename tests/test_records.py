@@ -33,7 +33,8 @@ def test_a_coarse_candidate_reads_back_with_its_exact_values(tracker: Tracker) -
     search = records.start_search(tracker, "digits")
     stage = records.open_stage(tracker, search, "coarse", Finished())
     now = time.time()
-    trial = CoarseTrial(0, params, (0.5, 0.7), {"loss": [0.9, 0.4], "val_loss": [1.0, 0.6]}, None, now - 1, now)
+    trial = CoarseTrial(0, params, (0.5, 0.7), {"loss": [0.9, 0.4], "val_loss": [1.0, 0.6]}, None, now - 1, now,
+                        epochs=30)
     failed = CoarseTrial(1, params, (float("nan"), float("nan")), {}, "FloatingPointError: loss nan", now - 1, now)
     records.log_coarse_trial(tracker, stage, trial, ACCURACY)
     records.log_coarse_trial(tracker, stage, failed, ACCURACY)
@@ -43,6 +44,7 @@ def test_a_coarse_candidate_reads_back_with_its_exact_values(tracker: Tracker) -
     assert finished.stage_runs == {"coarse": stage}
     back = finished.coarse[0]
     assert (back.params, back.fold_scores, back.curves, back.error) == (params, (0.5, 0.7), trial.curves, None)
+    assert back.epochs == 30  # the fit's cap: a promoted candidate (the same values) is told apart by it
     assert back.start_time == pytest.approx(now - 1, abs=1e-3) and back.end_time == pytest.approx(now, abs=1e-3)
     assert finished.coarse[1].error == failed.error and not finished.coarse[1].ok
     runs = {r.data.tags[records.CANDIDATE_TAG]: r for r in tracker.client.search_runs(
