@@ -10,6 +10,7 @@ the CLI sees a `DictConfig`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -240,7 +241,7 @@ class CoarseConfig:
     n_jobs: int = -1
     random_state: int | None = None
     epochs: int | None = _bounded(30, Interval(1))  # cap on a sampled candidate's fit; null: model.epochs
-    promote: int = _bounded(5, Interval(0))  # best capped candidates cross-validated again at model.epochs
+    promote: float = _bounded(0.5, Interval(0.0, 1.0, "both"))  # share of the capped candidates run again in full
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
     space: dict[str, Any] = field(default_factory=dict)
     # name -> values (or null: not compared): choices decided on the coarse winner by a paired comparison
@@ -251,9 +252,9 @@ class CoarseConfig:
         return min(self.epochs or model_epochs, model_epochs)
 
     def n_promoted(self, model_epochs: int) -> int:
-        """How many of the sampled candidates are cross-validated again at `model.epochs`: `promote` (at most
-        `n_iter`) when the cap trains less, else none."""
-        return min(self.promote, self.n_iter) if self.epochs_per_fit(model_epochs) < model_epochs else 0
+        """How many of the sampled candidates are cross-validated again up to `model.epochs`: the `promote` share
+        of `n_iter` (rounded up) when the cap trains less, else none."""
+        return math.ceil(self.promote * self.n_iter) if self.epochs_per_fit(model_epochs) < model_epochs else 0
 
 
 @dataclass

@@ -169,13 +169,13 @@ def test_finished_candidates_are_reused_and_the_rest_match_a_full_run(
 
 
 def test_capped_candidates_promote_the_best_and_paired_choices_compare_the_winner_value_by_value() -> None:
-    """`search.coarse.epochs` caps the sampled candidates' fits (low fidelity); the best `promote` of them are
+    """`search.coarse.epochs` caps the sampled candidates' fits (low fidelity); the better `promote` share of them is
     cross-validated again up to `model.epochs` on the same folds, and the best of those is the winner. Each paired
     choice then cross-validates the winner so far with each of its values (the first choice every value, the next
     every value but the winner's, which it reuses) up to `model.epochs`, as a choice can change how fast a network
     learns; the best mean is kept and is the stage's winner. A resumed stage reuses finished candidates and repeats
     the rest exactly."""
-    config, ctx = stage_inputs(*FAST, "search.coarse.epochs=2", "search.coarse.promote=2")
+    config, ctx = stage_inputs(*FAST, "search.coarse.epochs=2", "search.coarse.promote=0.5")  # 2 of 3
     paired = {"scaling": Param("scaling", "choice", values=("standard", "quantile")),
               "activation": Param("activation", "choice", values=("relu", "tanh"))}
     reported: list[CoarseTrial] = []

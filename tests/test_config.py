@@ -62,14 +62,15 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
     assert smoke.search.fine.max_params <= default.search.fine.max_params
     assert smoke.search.fine.points <= default.search.fine.points
     assert smoke.coarse_space()["units"].high < default.coarse_space()["units"].high
-    # the coarse cap (30) and its second rung (the best 5 at model.epochs); never a fit beyond model.epochs
+    # the coarse cap (30) and its second rung (the better half up to model.epochs); never a fit beyond model.epochs
     assert default.search.coarse.epochs_per_fit(default.model.epochs) == 30 and default.model.epochs == 200
-    assert default.search.coarse.n_promoted(default.model.epochs) == 5
+    assert default.search.coarse.n_promoted(default.model.epochs) == 10
     assert make_config("search.coarse.epochs=null").search.coarse.epochs_per_fit(200) == 200
     assert make_config("search.coarse.epochs=null").search.coarse.n_promoted(200) == 0  # nothing to promote
     smoke = make_config("experiment=smoke").search.coarse
     assert smoke.epochs_per_fit(8) == 8 and smoke.n_promoted(8) == 0  # the cap above model.epochs: no second rung
-    assert make_config("search.coarse.promote=50").search.coarse.n_promoted(200) == 20  # at most n_iter
+    assert make_config("search.coarse.promote=0.34").search.coarse.n_promoted(200) == 7  # a share, rounded up
+    assert make_config("search.coarse.promote=0").search.coarse.n_promoted(200) == 0  # the capped winner wins
 
 
 @pytest.mark.parametrize(("preset", "dataset", "space"), [
