@@ -117,8 +117,8 @@ class SearchResult:
         n_compared = len(coarse.trials) - coarse.n_sampled - coarse.n_promoted
         sampled = f"{coarse.n_sampled} sampled candidates"
         if coarse.n_promoted:
-            sampled += (f" at {coarse.sampled[0].epochs} epochs, the best {coarse.n_promoted} again at "
-                        f"{coarse.promoted[0].epochs}")
+            sampled += (f" at {coarse.sampled[0].epochs} epochs (the best {coarse.n_promoted} again at "
+                        f"{coarse.promoted[0].epochs})")
         compared = f" + {n_compared} in paired comparisons" if n_compared else ""
         lines = [
             f"## searchlab search on {self.data.name}",

@@ -68,7 +68,8 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
     assert make_config("search.coarse.epochs=null").search.coarse.epochs_per_fit(200) == 200
     assert make_config("search.coarse.epochs=null").search.coarse.n_promoted(200) == 0  # nothing to promote
     smoke = make_config("experiment=smoke").search.coarse
-    assert smoke.epochs_per_fit(8) == 8 and smoke.n_promoted(8) == 0  # the cap above model.epochs: no second rung
+    assert smoke.epochs_per_fit(8) == 4 and smoke.n_promoted(8) == 2  # two rungs, as by default
+    assert smoke.n_promoted(4) == 0  # a cap at model.epochs: one rung
     assert make_config("search.coarse.promote=0.34").search.coarse.n_promoted(200) == 7  # a share, rounded up
     assert make_config("search.coarse.promote=0").search.coarse.n_promoted(200) == 0  # the capped winner wins
 

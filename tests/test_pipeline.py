@@ -83,11 +83,16 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -
         assert all(t.data.tags[RUN_TAG] == "trial" for t in trials)
         assert all(t.data.tags[STAGE_TAG] == stage.data.tags[STAGE_TAG] for t in trials)
         if stage.data.tags[STAGE_TAG] == "coarse":
-            # 4 sampled, then the winner with each of the smoke preset's paired scalings (standard, quantile)
-            assert len(trials) == 6 == len(result.coarse.trials)
+            # 4 sampled at 4 epochs, the better 2 again at 8, then the winner with each of the smoke preset's paired
+            # scalings (standard, quantile)
+            assert len(trials) == 8 == len(result.coarse.trials)
             paired = [t for t in trials if "scaling" in t.data.params]
             assert sorted(t.data.params["scaling"] for t in paired) == ["quantile", "standard"]
-            assert sorted(int(t.data.tags["searchlab.candidate"]) for t in paired) == [4, 5]
+            assert sorted(int(t.data.tags["searchlab.candidate"]) for t in paired) == [6, 7]
+            epochs = {int(t.data.tags["searchlab.candidate"]): t.data.params["epochs"] for t in trials}
+            assert epochs == {0: "4", 1: "4", 2: "4", 3: "4", 4: "8", 5: "8", 6: "8", 7: "8"}
+            assert [t.params for t in result.coarse.promoted] == [
+                t.params for t in sorted(result.coarse.sampled, key=lambda t: -t.mean_score)[:2]]
             for trial in trials:
                 assert {"cv_score_mean", "cv_score_std", "cv_score_fold_0", "cv_score_fold_1"} <= set(trial.data.metrics)
                 assert "units" in trial.data.params
@@ -202,7 +207,8 @@ def test_the_paired_choice_is_the_fine_stage_s(smoke: tuple[pipeline.SearchResul
 def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, client, _ = smoke
     summary = result.summary()
-    for part in ("digits", "Coarse", "Fine", "- **Test** (95% intervals from 1000 bootstrap resamples of the 360 test "
+    for part in ("digits", "- **Coarse** (4 sampled candidates at 4 epochs (the best 2 again at 8) + 2 in paired "
+                 "comparisons, 0 failed)", "Fine", "- **Test** (95% intervals from 1000 bootstrap resamples of the 360 test "
                  "rows", "| **accuracy** (searched) | 0.", "- **Against the baseline:** accuracy better by +0.",
                  "- **Against the reference:** the network is ", "Narrowing"):
         assert part in summary, part
@@ -213,13 +219,13 @@ def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClie
 def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, _, recorder = smoke
     n_fine = sum(not t.trial_id.startswith("edge-") for t in result.fine.trials) + 1  # the grid + the coarse winner
-    assert recorder.events == ["begin coarse 6", "end coarse", f"begin fine {n_fine}", "begin confirm 2",
+    assert recorder.events == ["begin coarse 8", "end coarse", f"begin fine {n_fine}", "begin confirm 2",
                                "end confirm", "end fine"]
     trained = [t for t in recorder.trials if t.stage != "confirm"]
-    assert [t.label for t in trained[:6]] == [f"coarse-{t.number:03d}" for t in result.coarse.trials]
-    assert sorted(t.label for t in trained[6:]) == sorted(  # each once, as it ends (several train at once)
+    assert [t.label for t in trained[:8]] == [f"coarse-{t.number:03d}" for t in result.coarse.trials]
+    assert sorted(t.label for t in trained[8:]) == sorted(  # each once, as it ends (several train at once)
         [*(f"fine-{t.trial_id}" for t in result.fine.trials), "coarse-winner"])
-    assert [t.score for t in trained[:6]] == [t.mean_score for t in result.coarse.trials]
+    assert [t.score for t in trained[:8]] == [t.mean_score for t in result.coarse.trials]
     [winner] = [t for t in trained if t.label == "coarse-winner"]
     assert winner.metric == result.fine.coarse_winner.score  # accuracy: the metric is the score
     rescored = {t.label: t.score for t in recorder.trials if t.stage == "confirm"}

@@ -66,8 +66,9 @@ class Resumed:
 
 
 N_ITER = 4
+N_PROMOTED = 2  # the smoke preset caps the sampled candidates' fits, and the better half is cross-validated again
 PAIRED = ("search.coarse.paired.scaling=[standard,quantile]",)  # two more coarse candidates: the winner with each
-N_COARSE = N_ITER + 2
+N_COARSE = N_ITER + N_PROMOTED + 2
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
                 "fine": _trial_runs(store, "fine", "searchlab.trial_id")}
 
     with pytest.raises(SearchInterrupted) as interrupted:
-        pipeline.run(compose(*overrides), callbacks=[InterruptAfter("coarse", N_ITER + 1)])  # in the comparison
+        pipeline.run(compose(*overrides), callbacks=[InterruptAfter("coarse", N_COARSE - 1)])  # in the comparison
     after_coarse_stop = snapshot()
     second = InterruptAfter("fine", 1)
     with pytest.raises(SearchInterrupted):
@@ -97,14 +98,15 @@ def test_an_interrupted_search_ends_its_open_runs_killed_and_says_how_to_resume(
     assert f"resume={resumed.run_id}" in resumed.message
     assert resumed.after_coarse_stop["statuses"] == {("search", None): "KILLED", ("stage", "coarse"): "KILLED"}
     assert "RUNNING" not in resumed.after_coarse_stop["all"]  # type: ignore[operator]
-    assert len(resumed.after_coarse_stop["coarse"]) == N_ITER + 1  # type: ignore[arg-type]
+    assert len(resumed.after_coarse_stop["coarse"]) == N_COARSE - 1  # type: ignore[arg-type]
     assert resumed.after_fine_stop["statuses"] == {("search", None): "KILLED", ("stage", "coarse"): "FINISHED",
                                                    ("stage", "fine"): "KILLED"}
     assert "RUNNING" not in resumed.after_fine_stop["all"]  # type: ignore[operator]
 
 
 def test_resuming_the_coarse_stage_trains_only_the_missing_candidates(resumed: Resumed) -> None:
-    """Interrupted in the paired comparison: the sampled candidates and the comparison's first are replayed."""
+    """Interrupted in the paired comparison: the sampled and promoted candidates and the comparison's first are
+    replayed."""
     before: dict[str, str] = resumed.after_coarse_stop["coarse"]  # type: ignore[assignment]
     after = _trial_runs(resumed.store, "coarse", "searchlab.candidate")
     assert sorted(after, key=int) == [str(i) for i in range(N_COARSE)]
