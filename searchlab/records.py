@@ -134,8 +134,8 @@ def log_coarse_trial(tracker: Tracker, stage_run: str, trial: CoarseTrial, scori
     tags = {RUN_TAG: "trial", STAGE_TAG: "coarse", CANDIDATE_TAG: str(trial.number), **_error(trial.error)}
     return tracker.log_finished_run(
         stage_run, f"{coarse_label(trial.number)} {format_params(trial.params)}", tags=tags,
-        params={**trial.params, **({"epochs": trial.epochs} if trial.epochs else {})}, metrics=metrics, curves=trial.curves, start_time=trial.start_time, end_time=trial.end_time,
-        failed=trial.error is not None)
+        params={**trial.params, **({"epochs": trial.epochs} if trial.epochs else {})}, metrics=metrics,
+        curves=trial.curves, start_time=trial.start_time, end_time=trial.end_time, failed=trial.error is not None)
 
 
 def log_fine_trial(tracker: Tracker, stage_run: str, trial: FineTrial, scoring: Scoring,
