@@ -352,9 +352,9 @@ def run_coarse(
 
     Hyperparameters outside `space` keep their defaults (`ctx.defaults`). A sampled candidate's fit trains at most
     `settings.epochs` epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`. When
-    that cap trains less, the best `settings.promote` candidates are cross-validated again up to `ctx.model.epochs`
-    on the same folds (a second rung, as in successive halving), and the winner is the best of those: a capped fit
-    favours the candidates that learn fastest, not best. The paired comparisons train up to `ctx.model.epochs` too:
+    that cap trains less, the better `settings.promote` share of the candidates is cross-validated again up to
+    `ctx.model.epochs` on the same folds (a second rung, as in successive halving), and the winner is the best of
+    those: a capped fit favours the candidates that learn fastest, not best. The paired comparisons train up to `ctx.model.epochs` too:
     a choice such as the scaling changes how fast a network learns (piecewise scaling feeds it many more inputs).
     The fits run in `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
 
