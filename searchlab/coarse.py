@@ -354,8 +354,9 @@ def run_coarse(
     `settings.epochs` epochs (low fidelity: enough to rank candidates), never more than `ctx.model.epochs`. When
     that cap trains less, the better `settings.promote` share of the candidates is cross-validated again up to
     `ctx.model.epochs` on the same folds (a second rung, as in successive halving), and the winner is the best of
-    those: a capped fit favours the candidates that learn fastest, not best. The paired comparisons train up to `ctx.model.epochs` too:
-    a choice such as the scaling changes how fast a network learns (piecewise scaling feeds it many more inputs).
+    those: a capped fit favours the candidates that learn fastest, not best. The paired comparisons train up to
+    `ctx.model.epochs` too: a choice such as the scaling changes how fast a network learns (piecewise scaling feeds
+    it many more inputs).
     The fits run in `settings.n_jobs` local worker processes, or on the Dask cluster `dask` describes.
 
     Args:

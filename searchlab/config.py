@@ -240,7 +240,7 @@ class CoarseConfig:
     scoring: str | None = None
     n_jobs: int = -1
     random_state: int | None = None
-    epochs: int | None = _bounded(30, Interval(1))  # cap on a sampled candidate's fit; null: model.epochs
+    epochs: int | None = _bounded(None, Interval(1))  # cap on a sampled candidate's fit; null: model.epochs
     promote: float = _bounded(0.5, Interval(0.0, 1.0, "both"))  # share of the capped candidates run again in full
     # name -> ParamSpec fields; untyped here so `+search.coarse.space.NAME={...}` can add entries
     space: dict[str, Any] = field(default_factory=dict)

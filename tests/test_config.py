@@ -62,16 +62,17 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
     assert smoke.search.fine.max_params <= default.search.fine.max_params
     assert smoke.search.fine.points <= default.search.fine.points
     assert smoke.coarse_space()["units"].high < default.coarse_space()["units"].high
-    # the coarse cap (30) and its second rung (the better half up to model.epochs); never a fit beyond model.epochs
-    assert default.search.coarse.epochs_per_fit(default.model.epochs) == 30 and default.model.epochs == 200
-    assert default.search.coarse.n_promoted(default.model.epochs) == 10
-    assert make_config("search.coarse.epochs=null").search.coarse.epochs_per_fit(200) == 200
-    assert make_config("search.coarse.epochs=null").search.coarse.n_promoted(200) == 0  # nothing to promote
-    smoke = make_config("experiment=smoke").search.coarse
-    assert smoke.epochs_per_fit(8) == 4 and smoke.n_promoted(8) == 2  # two rungs, as by default
-    assert smoke.n_promoted(4) == 0  # a cap at model.epochs: one rung
-    assert make_config("search.coarse.promote=0.34").search.coarse.n_promoted(200) == 7  # a share, rounded up
-    assert make_config("search.coarse.promote=0").search.coarse.n_promoted(200) == 0  # the capped winner wins
+    # no coarse cap by default (one rung); a cap gives a second rung (the better half up to model.epochs); never a
+    # fit beyond model.epochs
+    assert default.search.coarse.epochs_per_fit(default.model.epochs) == default.model.epochs == 200
+    assert default.search.coarse.n_promoted(default.model.epochs) == 0  # nothing to promote
+    capped = make_config("search.coarse.epochs=30").search.coarse
+    assert capped.epochs_per_fit(200) == 30 and capped.n_promoted(200) == 10
+    assert capped.n_promoted(30) == 0  # a cap at model.epochs: one rung
+    smoke = make_config("experiment=smoke", "search.coarse.epochs=30").search.coarse
+    assert smoke.epochs_per_fit(8) == 8 and smoke.n_promoted(8) == 0
+    assert make_config("search.coarse.epochs=30", "search.coarse.promote=0.34").search.coarse.n_promoted(200) == 7
+    assert make_config("search.coarse.epochs=30", "search.coarse.promote=0").search.coarse.n_promoted(200) == 0
 
 
 @pytest.mark.parametrize(("preset", "dataset", "space"), [

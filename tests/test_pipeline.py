@@ -43,10 +43,12 @@ class Recorder(SearchCallback):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[pipeline.SearchResult, MlflowClient, Recorder]:
-    """The smoke search on digits, as `make search ARGS=experiment=smoke` runs it, model included."""
+    """The smoke search on digits, as `make search ARGS=experiment=smoke` runs it, model included, with the coarse
+    stage in two rungs (`search.coarse.epochs` below `model.epochs`: the better half again in full)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     recorder = Recorder()
-    result = pipeline.run(compose("experiment=smoke", f"tracking.uri={uri}", "verbose=0"), callbacks=[recorder])
+    result = pipeline.run(compose("experiment=smoke", "search.coarse.epochs=4", f"tracking.uri={uri}", "verbose=0"),
+                          callbacks=[recorder])
     return result, MlflowClient(uri), recorder
 
 

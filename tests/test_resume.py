@@ -66,7 +66,8 @@ class Resumed:
 
 
 N_ITER = 4
-N_PROMOTED = 2  # the smoke preset caps the sampled candidates' fits, and the better half is cross-validated again
+CAPPED = ("search.coarse.epochs=4",)  # the sampled candidates' fits capped: the better half is cross-validated again
+N_PROMOTED = 2
 PAIRED = ("search.coarse.paired.scaling=[standard,quantile]",)  # two more coarse candidates: the winner with each
 N_COARSE = N_ITER + N_PROMOTED + 2
 
@@ -74,7 +75,7 @@ N_COARSE = N_ITER + N_PROMOTED + 2
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
     store = new_store(tmp_path_factory.mktemp("store"))
-    overrides = (*TINY, *PAIRED, f"search.coarse.n_iter={N_ITER}", "search.fine.points=2", f"tracking.uri={store.uri}")
+    overrides = (*TINY, *PAIRED, *CAPPED, f"search.coarse.n_iter={N_ITER}", "search.fine.points=2", f"tracking.uri={store.uri}")
 
     def snapshot() -> dict[str, object]:
         return {"statuses": _statuses(store), "all": {r.info.status for r in store.runs()},
