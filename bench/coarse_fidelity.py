@@ -37,7 +37,7 @@ def measure(overrides: tuple[str, ...], n_iter: int, caps: list[int]) -> dict[st
     runs: dict[str, dict[str, Any]] = {}
     for cap in [*caps, None]:
         config = compose(*overrides, f"search.coarse.n_iter={n_iter}", f"search.coarse.epochs={cap or 'null'}",
-                         "verbose=0")
+                         "search.coarse.promote=0", "verbose=0")  # the capped rung alone
         data = load_dataset(config.dataset, config.seed)
         ctx = SearchContext(data, scoring_for(data.task, config.search.coarse.scoring), config.model, config.seed, 0)
         started = time.perf_counter()
