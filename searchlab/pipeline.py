@@ -282,9 +282,12 @@ def _coarse_stage(search: _OpenSearch, ctx: SearchContext, config: Config, space
     hooks.on_stage_begin("coarse", settings.n_iter + settings.n_promoted(config.model.epochs) + n_compared(paired)
                          - len(finished.coarse))
 
+    two_rungs = settings.n_promoted(config.model.epochs) > 0  # a promoted candidate's values repeat a capped one's
+
     def on_trial(trial: CoarseTrial) -> None:
-        records.log_coarse_trial(tracker, stage_run, trial, ctx.scoring)
-        hooks.on_trial_end(records.coarse_end(trial, ctx.scoring))
+        shown = {**trial.params, "epochs": trial.epochs} if two_rungs else trial.params
+        records.log_coarse_trial(tracker, stage_run, trial, ctx.scoring, shown)
+        hooks.on_trial_end(records.coarse_end(trial, ctx.scoring, shown))
 
     coarse = run_coarse(ctx, space, settings, paired=paired, on_trial=on_trial, finished=finished.coarse,
                         dask=config.search.dask if config.search.backend == "dask" else None)

@@ -93,6 +93,7 @@ def test_run_tree(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -
             assert sorted(int(t.data.tags["searchlab.candidate"]) for t in paired) == [6, 7]
             epochs = {int(t.data.tags["searchlab.candidate"]): t.data.params["epochs"] for t in trials}
             assert epochs == {0: "4", 1: "4", 2: "4", 3: "4", 4: "8", 5: "8", 6: "8", 7: "8"}
+            assert all(f"epochs={epochs[int(t.data.tags['searchlab.candidate'])]}" in t.info.run_name for t in trials)
             assert [t.params for t in result.coarse.promoted] == [
                 t.params for t in sorted(result.coarse.sampled, key=lambda t: -t.mean_score)[:2]]
             for trial in trials:
