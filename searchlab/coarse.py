@@ -24,6 +24,7 @@ import numpy as np
 from joblib.externals.loky import reusable_executor
 from scikeras.utils.random_state import tensorflow_random_state
 from scikeras.wrappers import KerasClassifier, KerasRegressor
+from scipy.stats import rankdata
 from scipy.stats import t as student_t
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import FitFailedWarning
@@ -155,11 +156,13 @@ class CoarseResult:
         if not self.n_promoted:
             return [(t.params, t.mean_score) for t in self.sampled]
         full = {_values_key(t.params): t.mean_score for t in self.promoted if t.ok}
-        rungs = [(1, full[key]) if (key := _values_key(t.params)) in full else (0, t.mean_score)
-                 for t in self.sampled]
-        order = sorted((i for i, t in enumerate(self.sampled) if t.ok), key=lambda i: rungs[i])
-        rank = {i: float(r) for r, i in enumerate(order, start=1)}
-        return [(t.params, rank.get(i, float("nan"))) for i, t in enumerate(self.sampled)]
+        scores = np.array([full.get(_values_key(t.params), t.mean_score) for t in self.sampled], dtype="float64")
+        top = np.array([_values_key(t.params) in full for t in self.sampled])
+        rest = ~top & np.isfinite(scores)
+        ranks = np.full(len(scores), np.nan)
+        ranks[rest] = rankdata(scores[rest])  # ties share their mean rank, as the narrowing ranks them
+        ranks[top] = rest.sum() + rankdata(scores[top])
+        return [(t.params, float(rank)) for t, rank in zip(self.sampled, ranks, strict=True)]
 
 
 def _values_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:

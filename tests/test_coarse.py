@@ -232,6 +232,10 @@ def test_standings_rank_the_promoted_above_the_rest_and_fall_back_without_them()
     result = coarse.CoarseResult((*capped, promoted[0], failed), space, scoring, n_sampled=5, n_promoted=2)
     assert [rank for _, rank in result.standings()][:4] == [2.0, 4.0, 3.0, 1.0]
     assert result.best is promoted[0]
+    tied = [CoarseTrial(0, {"units": 8}, (0.70, 0.72)), CoarseTrial(1, {"units": 16}, (0.70, 0.72)),
+            CoarseTrial(2, {"units": 32}, (0.80, 0.80)), CoarseTrial(3, {"units": 32}, (0.81, 0.81))]
+    ranked = coarse.CoarseResult(tuple(tied), space, scoring, n_sampled=3, n_promoted=1).standings()
+    assert [rank for _, rank in ranked] == [1.5, 1.5, 3.0]  # tied capped scores share their rank
     unpromoted = coarse.CoarseResult(tuple(capped), space, scoring, n_sampled=5)
     assert [score for _, score in unpromoted.standings()][:4] == [t.mean_score for t in capped[:4]]
     assert unpromoted.best is capped[1]
