@@ -8,6 +8,7 @@ very end.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -133,7 +134,8 @@ class CoarseResult:
 
     @property
     def promoted(self) -> list[CoarseTrial]:
-        """The best capped candidates cross-validated again at the full budget, in the order they were promoted."""
+        """The best capped candidates at the full budget: those whose capped fits all stopped early as they were
+        (no fit trained again), then those cross-validated again; each group best first."""
         return list(self.trials[self.n_sampled:self.n_sampled + self.n_promoted])
 
     @property
@@ -382,8 +384,14 @@ def run_coarse(
         sampled = evaluate(capped, dict(enumerate(sample_candidates(space, settings.n_iter,
                                                                     sampler_seed(settings, ctx.seed), ctx.data))), cv)
         best_capped = sorted((t for t in sampled if t.ok), key=lambda t: -t.mean_score)
-        promoted = evaluate(make_estimator(ctx), {len(sampled) + i: t.params for i, t in
-                                                  enumerate(best_capped[:settings.n_promoted(ctx.model.epochs)])}, cv)
+        # a candidate whose every capped fit stopped early already has its full-budget folds: not trained again
+        # (numbered first, so candidates are still reported in number order)
+        to_promote = dict(enumerate(sorted(best_capped[:settings.n_promoted(ctx.model.epochs)],
+                                           key=lambda t: not t.stopped_early), start=len(sampled)))
+        evaluate.reuse({number: dataclasses.replace(t, number=number, epochs=ctx.model.epochs,
+                                                    start_time=time.time(), end_time=time.time())
+                        for number, t in to_promote.items() if t.stopped_early})
+        promoted = evaluate(make_estimator(ctx), {number: t.params for number, t in to_promote.items()}, cv)
         trials = sampled + promoted
         decided: list[PairedChoice] = []
         paired_cv = make_cv(ctx.data, settings.cv, ctx.seed + 1)
@@ -427,6 +435,14 @@ class _Evaluator:
         self.ctx, self.space, self.settings = ctx, space, settings
         self.history_dir, self.workers, self.recycle = history_dir, workers, recycle
         self.on_trial, self.finished = on_trial, finished
+
+    def reuse(self, trials: Mapping[int, CoarseTrial]) -> None:
+        """Take `trials` as finished (reported now, unless already finished before)."""
+        for number, trial in trials.items():
+            if number not in self.finished:
+                self.finished[number] = trial
+                if self.on_trial is not None:
+                    self.on_trial(trial)
 
     def __call__(self, estimator: Any, candidates: dict[int, dict[str, Any]], cv: Any) -> list[CoarseTrial]:
         """The candidates' trials (`estimator` with their values), in number order: values by hyperparameter name,

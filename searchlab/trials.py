@@ -41,6 +41,11 @@ class CoarseTrial:
     def std_score(self) -> float:
         return float(np.std(self.fold_scores)) if self.ok else float("nan")
 
+    @property
+    def stopped_early(self) -> bool:
+        """Every fold's fit stopped before its cap (`epochs`): a higher cap would have trained it the same."""
+        return self.ok and 0 < len(self.curves.get("loss", ())) < self.epochs
+
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,32 @@ def test_capped_candidates_promote_the_best_and_paired_choices_compare_the_winne
     assert [(t.params, t.fold_scores) for t in resumed.trials] == [(t.params, t.fold_scores) for t in result.trials]
 
 
+def test_promoting_every_capped_candidate_gives_the_full_budget_scores_without_training_stopped_fits_again() -> None:
+    """With every candidate promoted, the second rung scores each exactly as a stage without a cap does; a candidate
+    whose capped fits all stopped early (before the cap) is taken as it is, numbered first, not trained again."""
+    settings = ("dataset.generator=regression", "search.coarse.n_iter=4", "model.epochs=10", "model.patience=2")
+    config, ctx = stage_inputs(*settings, "search.coarse.epochs=5", "search.coarse.promote=1")
+    reported: list[CoarseTrial] = []
+    two_rungs = run_coarse(ctx, config.coarse_space(), config.search.coarse, on_trial=reported.append)
+    config, ctx = stage_inputs(*settings)
+    one_rung = {repr(t.params): t for t in run_coarse(ctx, config.coarse_space(), config.search.coarse).trials}
+
+    stopped = [t for t in two_rungs.sampled if t.stopped_early]
+    assert 0 < len(stopped) < 4  # both kinds, or the test tells nothing
+    assert all(len(t.curves["loss"]) < 5 for t in stopped)
+    assert [t.number for t in reported] == list(range(8))
+    best_first = sorted(two_rungs.sampled, key=lambda t: (not t.stopped_early, -t.mean_score))
+    assert [t.params for t in two_rungs.promoted] == [t.params for t in best_first]
+    for capped, promoted in zip(best_first, two_rungs.promoted, strict=True):
+        assert promoted.epochs == 10
+        assert promoted.fold_scores == one_rung[repr(capped.params)].fold_scores  # bit for bit
+        if capped.stopped_early:
+            assert promoted.fold_scores == capped.fold_scores and promoted.curves == capped.curves
+            assert promoted.end_time - promoted.start_time < 0.01  # not trained again
+        else:
+            assert len(promoted.curves["loss"]) > 5
+
+
 def test_standings_rank_the_promoted_above_the_rest_and_fall_back_without_them() -> None:
     """A promoted candidate ranks by its full-budget score above every capped one, whatever its capped score; one
     whose full-budget fits failed ranks by its capped score; a failed capped candidate stays NaN. The winner is the
