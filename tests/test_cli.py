@@ -260,7 +260,7 @@ def test_help_lists_the_groups_the_keys_and_examples(tmp_path: Path) -> None:
     assert outcome.returncode == 0, outcome.text
     text = outcome.stdout
     for line in ("dataset: arrays, csv, digits, imdb, mnist, synthetic", "model: custom, mlp", "search/coarse: random",
-                 "search/fine: grid, hyperband", "tracking: local, server", "experiment: imdb, mnist, residual, smoke"):
+                 "search/fine: grid, hyperband", "tracking: local, server", "experiment: half, imdb, mnist, residual, smoke"):
         assert line in text, text
     assert "_schema" not in text
     for key in ("seed=", "verbose=", "resume=", "dataset.path=", "dataset.target=", "dataset.sep=", "dataset.header=",

@@ -75,6 +75,15 @@ def test_smoke_experiment_shrinks_budgets(make_config: MakeConfig) -> None:
     assert make_config("search.coarse.epochs=30", "search.coarse.promote=0").search.coarse.n_promoted(200) == 0
 
 
+def test_half_experiment_keeps_the_candidates_and_halves_their_training(make_config: MakeConfig) -> None:
+    """`experiment=half`: as many coarse candidates as the default, capped, the best 7 promoted, a smaller grid."""
+    default, half = make_config(), make_config("experiment=half")
+    assert half.search.coarse.n_iter == default.search.coarse.n_iter and half.model == default.model
+    assert half.search.coarse.epochs_per_fit(half.model.epochs) == 30 < half.model.epochs
+    assert half.search.coarse.n_promoted(half.model.epochs) == 7
+    assert half.search.fine.max_params == default.search.fine.max_params - 1
+
+
 @pytest.mark.parametrize(("preset", "dataset", "space"), [
     ("mnist", DatasetName.mnist, {"layers": Param("layers", "int", 1, 3), "units": Param("units", "int", 32, 512, True),
                                   "dropout": Param("dropout", "float", 0.0, 0.5),
