@@ -388,8 +388,9 @@ def run_coarse(
         # (numbered first, so candidates are still reported in number order)
         to_promote = dict(enumerate(sorted(best_capped[:settings.n_promoted(ctx.model.epochs)],
                                            key=lambda t: not t.stopped_early), start=len(sampled)))
-        evaluate.reuse({number: dataclasses.replace(t, number=number, epochs=ctx.model.epochs,
-                                                    start_time=time.time(), end_time=time.time())
+        now = time.time()
+        evaluate.reuse({number: dataclasses.replace(t, number=number, epochs=ctx.model.epochs, start_time=now,
+                                                    end_time=now)
                         for number, t in to_promote.items() if t.stopped_early})
         promoted = evaluate(make_estimator(ctx), {number: t.params for number, t in to_promote.items()}, cv)
         trials = sampled + promoted

@@ -108,9 +108,9 @@ def fine_label(trial_id: str) -> str:
     return trial_id if trial_id == COARSE_WINNER else f"fine-{trial_id}"
 
 
-def coarse_end(trial: CoarseTrial, scoring: Scoring, shown: Mapping[str, Any] | None = None) -> TrialEnd:
-    """A coarse trial as callbacks see it; `shown`: the values that tell it apart (default: its params)."""
-    return TrialEnd("coarse", coarse_label(trial.number), trial.params if shown is None else shown, trial.mean_score,
+def coarse_end(trial: CoarseTrial, scoring: Scoring, shown: Mapping[str, Any]) -> TrialEnd:
+    """A coarse trial as callbacks see it; `shown`: the values that tell it apart."""
+    return TrialEnd("coarse", coarse_label(trial.number), shown, trial.mean_score,
                     scoring.to_metric(trial.mean_score), trial.error, trial.start_time, trial.end_time)
 
 
@@ -127,15 +127,15 @@ def confirm_end(trial: FineTrial, scoring: Scoring, shown: Mapping[str, Any]) ->
 
 
 def log_coarse_trial(tracker: Tracker, stage_run: str, trial: CoarseTrial, scoring: Scoring,
-                     shown: Mapping[str, Any] | None = None) -> str:
+                     shown: Mapping[str, Any]) -> str:
     """Write a finished coarse candidate under the coarse stage run; returns its run id. `shown`: the values its
-    run's name lists (default: its params)."""
+    run's name lists."""
     metrics = {"cv_score_mean": trial.mean_score, "cv_score_std": trial.std_score,
                f"cv_{scoring.display_name}": scoring.to_metric(trial.mean_score),
                **{f"{_FOLD}{k}": s for k, s in enumerate(trial.fold_scores)}}
     tags = {RUN_TAG: "trial", STAGE_TAG: "coarse", CANDIDATE_TAG: str(trial.number), **_error(trial.error)}
     return tracker.log_finished_run(
-        stage_run, f"{coarse_label(trial.number)} {format_params(trial.params if shown is None else shown)}", tags=tags,
+        stage_run, f"{coarse_label(trial.number)} {format_params(shown)}", tags=tags,
         params={**trial.params, **({"epochs": trial.epochs} if trial.epochs else {})}, metrics=metrics,
         curves=trial.curves, start_time=trial.start_time, end_time=trial.end_time, failed=trial.error is not None)
 

@@ -47,7 +47,6 @@ class CoarseTrial:
         return self.ok and 0 < len(self.curves.get("loss", ())) < self.epochs
 
 
-
 @dataclass(frozen=True)
 class FineTrial:
     """One fine trial: its tuned values, score on the validation split and per-epoch curves."""

@@ -36,8 +36,8 @@ def test_a_coarse_candidate_reads_back_with_its_exact_values(tracker: Tracker) -
     trial = CoarseTrial(0, params, (0.5, 0.7), {"loss": [0.9, 0.4], "val_loss": [1.0, 0.6]}, None, now - 1, now,
                         epochs=30)
     failed = CoarseTrial(1, params, (float("nan"), float("nan")), {}, "FloatingPointError: loss nan", now - 1, now)
-    records.log_coarse_trial(tracker, stage, trial, ACCURACY)
-    records.log_coarse_trial(tracker, stage, failed, ACCURACY)
+    records.log_coarse_trial(tracker, stage, trial, ACCURACY, trial.params)
+    records.log_coarse_trial(tracker, stage, failed, ACCURACY, failed.params)
     tracker.end_all("KILLED")
 
     finished = records.read_finished(tracker, search, space)
