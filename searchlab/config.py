@@ -266,6 +266,7 @@ class FineConfig:
     executions_per_trial: int = _bounded(1, Interval(1))
     points: int = _bounded(3, Interval(2))  # a range's two ends at least
     beyond_edges: bool = True  # grid: a best value on a narrowed edge gets a second round further out
+    revisit: bool = True  # no trial reached the coarse winner's score: the fixed values tried one at a time
     confirm_top: int = _bounded(3, Interval(0))  # best trials re-scored on other splits before choosing; 0: off
     confirm_splits: int = _bounded(2, Interval(1))  # further validation splits each is re-scored on
     max_epochs: int = _bounded(30, Interval(2))

@@ -75,7 +75,7 @@ class ProgressPrinter(SearchCallback):
         else:
             self.failed += 1
         elapsed = time.time() - self.started
-        # a grid's edge round comes after its announced total: past it, the count goes on without one
+        # a grid's edge round and a revisit come after its announced total: past it, the count goes on without one
         count = f"{self.done}/{self.total}" if self.total and self.done <= self.total else f"{self.done}"
         eta = ""
         if self.total and self.done < self.total:

@@ -49,7 +49,7 @@ from searchlab.model import (
 )
 from searchlab.narrow import FineSpace
 from searchlab.space import Param
-from searchlab.trials import COARSE_WINNER, EDGE_PREFIX, SETTLE_PREFIX, FineTrial
+from searchlab.trials import COARSE_WINNER, EDGE_PREFIX, REVISIT_PREFIX, SETTLE_PREFIX, FineTrial
 
 _T = TypeVar("_T")
 
@@ -121,8 +121,9 @@ def run_fine(
     pool: TrialPool | None = None,
 ) -> FineResult:
     """Search `space` with KerasTuner, then train the coarse winner under the same protocol; choices the coarse
-    stage left open are settled first (`_settle`), starting from the coarse winner. Trials train `pool.size` at
-    a time.
+    stage left open are settled first (`_settle`), starting from the coarse winner. When no trial reaches the
+    coarse winner's score, the values the narrowing fixed are revisited (`_revisit`). Trials train `pool.size`
+    at a time.
 
     Args:
         coarse_best: the coarse winner's sampled values (the rest are `ctx.defaults`).
@@ -133,7 +134,7 @@ def run_fine(
             afresh: it proposes the same trials in the same order and the recorded ones are replayed.
         distribute: given, this process only holds the oracle and `distribute` has the trials run
             elsewhere (`searchlab.infra.tuner_workers`); `on_trial` then sees only the trials trained here (the
-            coarse winner, the settling of choices left open and the edge round).
+            coarse winner, the settling of choices left open, the edge round and the revisit).
         pool: the worker processes to train in, owned (and ended) by the caller; None: the stage's own.
     """
     finished = dict(finished or {})
@@ -148,7 +149,8 @@ def run_fine(
     if settings.kind == "hyperband":
         winner_values["epochs"] = settings.max_epochs
     scalings = {winner_values["scaling"], space.fixed.get("scaling", winner_values["scaling"])}
-    for param in (space.tuned.get("scaling"), space.left_open.get("scaling")):
+    for param in (space.tuned.get("scaling"), space.left_open.get("scaling"),
+                  *(d.original for d in space.decisions if d.name == "scaling" and settings.revisit)):
         scalings.update(param.values if param else ())
     job = _train_job(ctx, settings, ctx.seed, scalings)
     owned = pool is None
@@ -180,6 +182,8 @@ def run_fine(
         trained = train_all([*edges, *([winner_call] if winner is None else [])])  # the winner beside the edges
         done.update(zip((call[0] for call in edges), trained, strict=False))
         winner = winner or trained[-1]
+        if settings.revisit:
+            done.update(_revisit(space, settings.points, winner, {**settling, **done}, train_all))
     finally:
         if owned:
             pool.kill()
@@ -195,25 +199,61 @@ def settling_trials(space: FineSpace) -> int:
 
 def _settle(left_open: Mapping[str, Param], winner_call: _Call, train_all: _TrainAll) -> tuple[
         FineTrial | None, dict[str, Any], dict[str, FineTrial]]:
-    """Settle the choices the coarse stage left open, one after the other, on the fine split: the best so far
-    (first the coarse winner, trained with the first choice's other values) trained with each other value of the
-    choice; the best score keeps its value. Returns the coarse winner's trial (None with nothing left open), the
-    settled values and the trials, ids `settle-<name>-<value>`."""
-    winner: FineTrial | None = None
+    """Settle the choices the coarse stage left open, one after the other, on the fine split, starting from the
+    coarse winner (`_one_at_a_time`, ids `settle-<name>-<value>`). Returns the coarse winner's trial (None with
+    nothing left open), the settled values and the trials."""
+    if not left_open:
+        return None, {}, {}
+    options = {name: list(param.values) for name, param in left_open.items()}
+    winner, best, trials = _one_at_a_time(options, winner_call, None, train_all, SETTLE_PREFIX)
+    return winner, {name: best.params[name] for name in left_open}, trials
+
+
+def _one_at_a_time(options: Mapping[str, Sequence[Any]], start_call: _Call, start: FineTrial | None,
+                   train_all: _TrainAll, prefix: str) -> tuple[FineTrial, FineTrial, dict[str, FineTrial]]:
+    """A coordinate search from `start_call`'s values: the best so far trained with each other value of the first
+    hyperparameter in `options`, the best score keeping its value (a tie: the earlier), then the next. `start` is
+    the start's trial when it is trained already; otherwise it trains beside the first hyperparameter's values.
+    Returns the start's trial, the best trial and the trials, ids `<prefix><name>-<value>`."""
     trials: dict[str, FineTrial] = {}
-    best_values = winner_call[1]
-    for name, param in left_open.items():
-        calls: list[_Call] = [(f"{SETTLE_PREFIX}{name}-{value}", {**best_values, name: value}, {name: value})
-                              for value in param.values if value != best_values[name]]
-        if winner is None:  # the first choice trains beside the coarse winner it starts from
-            winner, *trained = train_all([winner_call, *calls])
-            best = winner
+    best = start
+    for name, values in options.items():
+        best_values = best.params if best is not None else start_call[1]
+        calls: list[_Call] = [(f"{prefix}{name}-{_id_value(value)}", {**best_values, name: value}, {name: value})
+                              for value in values if value != best_values[name]]
+        if start is None:
+            start, *trained = train_all([start_call, *calls])
+            best = start
         else:
             trained = train_all(calls)
         trials.update(zip((call[0] for call in calls), trained, strict=True))
-        best = max((t for t in [best, *trained] if t.ok), key=lambda t: t.score, default=best)  # a tie: the earlier
-        best_values = best.params
-    return winner, {name: best_values[name] for name in left_open}, trials
+        best = max((t for t in [best, *trained] if t.ok), key=lambda t: t.score, default=best)
+    assert start is not None and best is not None  # options is not empty, or start was given
+    return start, best, trials
+
+
+def _id_value(value: Any) -> str:
+    """A value as a trial id shows it: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def revisit_options(space: FineSpace, points: int) -> dict[str, list[Any]]:
+    """The values a revisit tries, most influential first: for each hyperparameter the narrowing fixed, `points`
+    values spread over its original range (a choice: all its values)."""
+    return {d.name: d.original.grid(points) for d in space.decisions if not d.kept}
+
+
+def _revisit(space: FineSpace, points: int, winner: FineTrial, done: Mapping[str, FineTrial],
+             train_all: _TrainAll) -> dict[str, FineTrial]:
+    """When no trial of the fine search reached the coarse winner's score, the narrowing searched the wrong
+    hyperparameters or fixed the wrong values (a near-chance average rank picked a choice the winner did not
+    have; a heavy dropout was fixed at the winner's). Then the values it fixed are tried one at a time from
+    the coarse winner (`_one_at_a_time`, ids `revisit-<name>-<value>`); otherwise nothing trains."""
+    searched = [t for trial_id, t in done.items() if t.ok and trial_id != COARSE_WINNER]
+    options = revisit_options(space, points)
+    if not winner.ok or not options or any(t.score >= winner.score for t in searched):
+        return {}
+    return _one_at_a_time(options, (COARSE_WINNER, winner.params, {}), winner, train_all, REVISIT_PREFIX)[2]
 
 
 def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[str, list[Any]]:

@@ -35,7 +35,7 @@ from searchlab.narrow import FineSpace, narrow
 from searchlab.records import Finished
 from searchlab.space import Param, grid_size, space_as_dict
 from searchlab.tracking import Tracker, flatten
-from searchlab.trials import COARSE_WINNER, CoarseTrial, FineTrial
+from searchlab.trials import COARSE_WINNER, REVISIT_PREFIX, CoarseTrial, FineTrial
 from searchlab.uncertainty import Comparison
 
 
@@ -82,6 +82,19 @@ class SearchResult:
                           f"(± {np.std([t.score, *t.confirm_scores]):.4f})" for t in rescored)
         return (f"- **Re-scored** (the best {len(rescored)} on {splits} validation splits each, mean ± spread "
                 f"of {self.scoring.display_name}): {means}")
+
+    def _revisit(self) -> list[str]:
+        """The summary's line on the revisit of the narrowing's fixed values (`fine._revisit`), if there was one."""
+        revisits = [t for t in self.fine.trials if t.trial_id.startswith(REVISIT_PREFIX)]
+        if not revisits:
+            return []
+        winner = self.fine.coarse_winner
+        best = max((t for t in [winner, *revisits] if t.ok), key=lambda t: t.score)
+        changed = {name: value for name, value in best.params.items() if winner.params.get(name) != value}
+        found = (f"best validation {self.scoring.display_name} {self.scoring.to_metric(best.score):.4f} with "
+                 f"{format_params(changed)}" if changed else "none better than the coarse winner")
+        return [f"- **Revisited** (no fine trial reached the coarse winner's score, so the values the narrowing "
+                f"fixed were tried one at a time from the winner): {len(revisits)} trials, {found}"]
 
     def _test_lines(self) -> list[str]:
         """The test scores with intervals, the verdicts against the baseline and the reference, and (binary) how
@@ -132,6 +145,7 @@ class SearchResult:
             f"- **Fine** ({len(self.fine.trials)} trials + the coarse winner): best validation {metric} "
             f"{self.scoring.to_metric(max(t.score for t in self.fine.all_trials if t.ok)):.4f}; coarse winner "
             f"under the same protocol: {self.scoring.to_metric(self.fine.coarse_winner.score):.4f}",
+            *self._revisit(),
             *([self._confirmation()] if fine_best.confirm_scores else []),
             f"- **Chosen:** {self.chosen_from}, {format_params(self.final.params)} (refit on all training rows "
             f"for {_refit_length(self.final.schedule)})",

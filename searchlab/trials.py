@@ -14,6 +14,7 @@ import numpy as np
 COARSE_WINNER = "coarse-winner"  # the fine-stage trial id of the coarse winner, trained under the fine protocol
 EDGE_PREFIX = "edge-"  # trial ids of the second round beyond a narrowed range's edge
 SETTLE_PREFIX = "settle-"  # trial ids of the coarse winner with another value of a choice left open
+REVISIT_PREFIX = "revisit-"  # trial ids of the round over the narrowing's fixed values (no trial beat the winner)
 
 
 @dataclass(frozen=True)

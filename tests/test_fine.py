@@ -20,7 +20,16 @@ import pytest
 from searchlab import fine
 from searchlab.config import Config
 from searchlab.context import SearchContext
-from searchlab.fine import FineResult, StageStopped, TrialPool, best_score, confirm, edge_values, run_fine
+from searchlab.fine import (
+    FineResult,
+    StageStopped,
+    TrialPool,
+    best_score,
+    confirm,
+    edge_values,
+    revisit_options,
+    run_fine,
+)
 from searchlab.infra.processes import threads_per_worker
 from searchlab.narrow import Decision, FineSpace, Influence
 from searchlab.space import Param, grid_size
@@ -324,3 +333,51 @@ def test_a_best_trial_on_an_edge_gets_a_second_round_beyond_it(tmp_path: Path, p
     assert edge.tuned == {"units": 16 if best.tuned["units"] == 8 else 2}
     assert edge.params == {**best.params, "units": edge.tuned["units"]}
     assert sorted(t.trial_id for t in reported[-2:]) == [COARSE_WINNER, "edge-units-1"]  # trained together
+
+
+def test_revisit_options_spread_each_fixed_hyperparameter_over_its_original_range() -> None:
+    dropout = Decision("dropout", Influence(0.3, 0.1, 0.5, 0.2), Param("dropout", "float", 0.0, 0.6), None, 0.54)
+    optimizer = Decision("optimizer", Influence(0.1, 0.0, 0.3, 0.6), Param("optimizer", "choice",
+                                                                          values=("adam", "sgd")), None, "sgd")
+    lr = _decision(Param("learning_rate", "float", 1e-4, 1e-1, log=True),
+                   Param("learning_rate", "float", 1e-3, 1e-2, log=True))
+    space = FineSpace({"learning_rate": lr.narrowed}, {"dropout": 0.54, "optimizer": "sgd"},  # type: ignore[dict-item]
+                      (lr, dropout, optimizer), 20, 5, 0)
+    assert revisit_options(space, 3) == {"dropout": pytest.approx([0.0, 0.3, 0.6]), "optimizer": ["adam", "sgd"]}
+    assert list(revisit_options(space, 3)) == ["dropout", "optimizer"]  # the narrowing's order: by influence
+
+
+def test_no_trial_reaching_the_coarse_winner_revisits_the_fixed_values_one_at_a_time(tmp_path: Path,
+                                                                                     pool: TrialPool) -> None:
+    """A grid narrowed to learning rates too small to learn in 3 epochs cannot reach the coarse winner (0.01): the
+    winner is trained with each other value of the first fixed hyperparameter (dropout, over its original range),
+    the better of those with each other batch size; a grid that reaches the winner revisits nothing."""
+    config, ctx = stage_inputs("model.epochs=3", "search.fine.points=2", "search.fine.revisit=true")
+    lr = _decision(Param("learning_rate", "float", 1e-7, 1e-2, log=True),
+                   Param("learning_rate", "float", 1e-7, 2e-7, log=True))
+    dropout = Decision("dropout", Influence(0.2, 0.0, 0.4, 0.3), Param("dropout", "float", 0.0, 0.6), None, 0.3)
+    batch = Decision("batch_size", Influence(0.1, 0.0, 0.3, 0.6), Param("batch_size", "choice", values=(32, 64)),
+                     None, 64)
+    space = FineSpace({"learning_rate": lr.narrowed}, {"dropout": 0.3, "batch_size": 64},  # type: ignore[dict-item]
+                      (lr, dropout, batch), 20, 5, 0)
+    winner_values = {**WINNER, "dropout": 0.3, "batch_size": 64}
+    reported: list[FineTrial] = []
+    result = run_fine(ctx, space, winner_values, config.search.fine, workdir=tmp_path, on_trial=reported.append,
+                      pool=pool)
+    grid = [t for t in result.trials if not t.trial_id.startswith("revisit-")]
+    assert len(grid) == 2 and all(t.score < result.coarse_winner.score for t in grid)
+    by_id = {t.trial_id: t for t in result.trials if t.trial_id.startswith("revisit-")}
+    assert set(by_id) == {"revisit-dropout-0", "revisit-dropout-0.6", "revisit-batch_size-32"}
+    for value in (0.0, 0.6):
+        trial = by_id[f"revisit-dropout-{value:.3g}"]
+        assert trial.ok and trial.tuned == {"dropout": value}
+        assert trial.params == {**result.coarse_winner.params, "dropout": value}
+    first = max([result.coarse_winner, by_id["revisit-dropout-0"], by_id["revisit-dropout-0.6"]],
+                key=lambda t: t.score)
+    assert by_id["revisit-batch_size-32"].params == {**first.params, "batch_size": 32}
+    assert [t.trial_id for t in reported[-1:]] == ["revisit-batch_size-32"]  # each recorded as it ends
+
+    reachable = dataclasses.replace(space, tuned={"learning_rate": Param("learning_rate", "float", 0.01, 0.02)})
+    again = run_fine(ctx, reachable, winner_values, config.search.fine, workdir=tmp_path / "again", pool=pool)
+    assert max(t.score for t in again.trials) >= again.coarse_winner.score
+    assert not any(t.trial_id.startswith("revisit-") for t in again.trials)
