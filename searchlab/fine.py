@@ -221,9 +221,9 @@ def _one_at_a_time(options: Mapping[str, Sequence[Any]], start_call: _Call, star
         best_values = best.params if best is not None else start_call[1]
         calls: list[_Call] = [(f"{prefix}{name}-{_id_value(value)}", {**best_values, name: value}, {name: value})
                               for value in values if value != best_values[name]]
-        if start is None:
-            start, *trained = train_all([start_call, *calls])
-            best = start
+        if best is None:
+            best, *trained = train_all([start_call, *calls])
+            start = best
         else:
             trained = train_all(calls)
         trials.update(zip((call[0] for call in calls), trained, strict=True))
