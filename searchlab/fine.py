@@ -183,7 +183,8 @@ def run_fine(
         done.update(zip((call[0] for call in edges), trained, strict=False))
         winner = winner or trained[-1]
         if settings.revisit:
-            done.update(_revisit(space, settings.points, winner, {**settling, **done}, train_all))
+            searched = [t for trial_id, t in done.items() if trial_id != COARSE_WINNER]
+            done.update(_revisit(space, settings.points, [winner, *settling.values()], searched, train_all))
     finally:
         if owned:
             pool.kill()
@@ -243,17 +244,18 @@ def revisit_options(space: FineSpace, points: int) -> dict[str, list[Any]]:
     return {d.name: d.original.grid(points) for d in space.decisions if not d.kept}
 
 
-def _revisit(space: FineSpace, points: int, winner: FineTrial, done: Mapping[str, FineTrial],
+def _revisit(space: FineSpace, points: int, handed_on: Sequence[FineTrial], searched: Iterable[FineTrial],
              train_all: _TrainAll) -> dict[str, FineTrial]:
-    """When no trial of the fine search reached the coarse winner's score, the narrowing searched the wrong
+    """When no `searched` trial (the grid's, Hyperband's, the edge round's) reached the best trial the coarse stage
+    `handed_on` (the coarse winner, or one of its settled choices), the narrowing searched the wrong
     hyperparameters or fixed the wrong values (a near-chance average rank picked a choice the winner did not
-    have; a heavy dropout was fixed at the winner's). Then the values it fixed are tried one at a time from
-    the coarse winner (`_one_at_a_time`, ids `revisit-<name>-<value>`); otherwise nothing trains."""
-    searched = [t for trial_id, t in done.items() if t.ok and trial_id != COARSE_WINNER]
+    have; a heavy dropout was fixed at the winner's). Then the values it fixed are tried one at a time from that
+    trial (`_one_at_a_time`, ids `revisit-<name>-<value>`); otherwise nothing trains."""
+    start = max((t for t in handed_on if t.ok), key=lambda t: t.score, default=None)
     options = revisit_options(space, points)
-    if not winner.ok or not options or any(t.score >= winner.score for t in searched):
+    if start is None or not options or any(t.ok and t.score >= start.score for t in searched):
         return {}
-    return _one_at_a_time(options, (COARSE_WINNER, winner.params, {}), winner, train_all, REVISIT_PREFIX)[2]
+    return _one_at_a_time(options, (start.trial_id, start.params, start.tuned), start, train_all, REVISIT_PREFIX)[2]
 
 
 def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[str, list[Any]]:

@@ -94,7 +94,8 @@ class SearchResult:
         found = (f"best validation {self.scoring.display_name} {self.scoring.to_metric(best.score):.4f} with "
                  f"{format_params(changed)}" if changed else "none better than the coarse winner")
         return [f"- **Revisited** (no fine trial reached the coarse winner's score, so the values the narrowing "
-                f"fixed were tried one at a time from the winner): {len(revisits)} trials, {found}"]
+                f"fixed were tried one at a time from the winner): {len(revisits)} trial{'s' * (len(revisits) > 1)}, "
+                f"{found}"]
 
     def _test_lines(self) -> list[str]:
         """The test scores with intervals, the verdicts against the baseline and the reference, and (binary) how

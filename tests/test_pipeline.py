@@ -4,6 +4,8 @@ search resumed: tests/test_resume.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import mlflow
@@ -17,7 +19,7 @@ from searchlab.callbacks import SearchCallback, TrialEnd
 from searchlab.config import compose
 from searchlab.errors import ConfigError, StageFailedError
 from searchlab.records import RUN_TAG, STAGE_TAG
-from searchlab.trials import SETTLE_PREFIX
+from searchlab.trials import REVISIT_PREFIX, SETTLE_PREFIX
 from searchlab.uncertainty import Comparison
 from tests.conftest import TINY, new_store
 
@@ -217,11 +219,27 @@ def test_summary_names_the_stages(smoke: tuple[pipeline.SearchResult, MlflowClie
         assert part in summary, part
     assert "Nothing learnable" not in summary and "Minority class" not in summary  # multiclass
     assert client.get_run(result.run_id).data.tags["mlflow.note.content"] == summary
+    assert ("- **Revisited**" in summary) == any(t.trial_id.startswith(REVISIT_PREFIX) for t in result.fine.trials)
+
+
+def test_the_summary_says_what_a_revisit_changed(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
+    result, _, _ = smoke
+    winner = result.fine.coarse_winner
+    better = dataclasses.replace(winner, trial_id=f"{REVISIT_PREFIX}dropout-0", tuned={"dropout": 0.0},
+                                 params={**winner.params, "dropout": 0.0}, score=winner.score + 0.01)
+    worse = dataclasses.replace(better, trial_id=f"{REVISIT_PREFIX}dropout-0.6", score=winner.score - 0.01)
+    grid = tuple(t for t in result.fine.trials if not t.trial_id.startswith(REVISIT_PREFIX))
+    revisited = dataclasses.replace(result, fine=dataclasses.replace(result.fine, trials=(*grid, better, worse)))
+    assert ("- **Revisited** (no fine trial reached the coarse winner's score, so the values the narrowing fixed "
+            f"were tried one at a time from the winner): 2 trials, best validation accuracy "
+            f"{winner.score + 0.01:.4f} with dropout=0") in revisited.summary()
+    unchanged = dataclasses.replace(result, fine=dataclasses.replace(result.fine, trials=(*grid, worse)))
+    assert "1 trial, none better than the coarse winner" in unchanged.summary()
 
 
 def test_callbacks_hear_every_trial_and_stage(smoke: tuple[pipeline.SearchResult, MlflowClient, Recorder]) -> None:
     result, _, recorder = smoke
-    n_fine = sum(not t.trial_id.startswith("edge-") for t in result.fine.trials) + 1  # the grid + the coarse winner
+    n_fine = sum(not t.trial_id.startswith(("edge-", REVISIT_PREFIX)) for t in result.fine.trials) + 1  # + winner
     assert recorder.events == ["begin coarse 8", "end coarse", f"begin fine {n_fine}", "begin confirm 2",
                                "end confirm", "end fine"]
     trained = [t for t in recorder.trials if t.stage != "confirm"]
