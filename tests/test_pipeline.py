@@ -5,7 +5,6 @@ search resumed: tests/test_resume.py)."""
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import mlflow
