@@ -2,7 +2,9 @@
 
 B = coarse ((n_iter * the coarse cap + (the promoted + the paired comparisons' candidates) * epochs) * cv) + fine grid
 (points ** max_params * epochs) + the coarse winner retrained in the fine stage (epochs) + the final refit
-(epochs). Hyperband and successive-halving schedules are planned as KerasTuner and scikit-learn run them.
+(epochs). Hyperband and successive-halving schedules are planned as KerasTuner and scikit-learn run them. The
+fine stage's conditional rounds (choices left open, the edge round, the revisit) are not in the plan: the bench
+reports the epochs every method trained beside it.
 """
 
 from __future__ import annotations
