@@ -178,13 +178,15 @@ def run_fine(
             done = dict(tuners[0].finished)
         else:
             done = dict(distribute(search, search.tuner(report, finished, pool=pool).oracle))
+        # the tuner's own trials: a resumed tuner (or the store the workers wrote) holds every recorded one
+        done = {trial_id: t for trial_id, t in done.items()
+                if trial_id != COARSE_WINNER and not trial_id.startswith((SETTLE_PREFIX, EDGE_PREFIX, REVISIT_PREFIX))}
         edges = _beyond_edges(space, settings.points, done) if settings.kind == "grid" and settings.beyond_edges else []
         trained = train_all([*edges, *([winner_call] if winner is None else [])])  # the winner beside the edges
         done.update(zip((call[0] for call in edges), trained, strict=False))
         winner = winner or trained[-1]
         if settings.revisit:
-            searched = [t for trial_id, t in done.items() if trial_id != COARSE_WINNER]
-            done.update(_revisit(space, settings.points, [winner, *settling.values()], searched, train_all))
+            done.update(_revisit(space, settings.points, [winner, *settling.values()], list(done.values()), train_all))
     finally:
         if owned:
             pool.kill()
@@ -286,8 +288,7 @@ def _beyond_edges(space: FineSpace, points: int, done: Mapping[str, FineTrial]) 
     """A second round for the grid's best trial when it sits on an edge the narrowing drew: the same values with
     that one hyperparameter moved further out (`edge_values`), to train under the fine protocol. Trial ids
     `edge-<name>-<k>`."""
-    completed = [t for trial_id, t in done.items()
-                 if t.ok and trial_id != COARSE_WINNER and not trial_id.startswith(EDGE_PREFIX)]
+    completed = [t for t in done.values() if t.ok]
     if not completed:
         return []
     best = max(completed, key=lambda t: t.score)

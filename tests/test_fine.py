@@ -377,6 +377,14 @@ def test_no_trial_reaching_the_coarse_winner_revisits_the_fixed_values_one_at_a_
     assert by_id["revisit-batch_size-32"].params == {**first.params, "batch_size": 32}
     assert [t.trial_id for t in reported[-1:]] == ["revisit-batch_size-32"]  # each recorded as it ends
 
+    # resumed with the last trial not recorded: the same revisit, only that trial trained again
+    recorded = {t.trial_id: t for t in [*result.trials, result.coarse_winner] if t.trial_id != "revisit-batch_size-32"}
+    retrained: list[FineTrial] = []
+    resumed = run_fine(ctx, space, winner_values, config.search.fine, workdir=tmp_path / "resumed",
+                       on_trial=retrained.append, finished=recorded, pool=pool)
+    assert [t.trial_id for t in retrained] == ["revisit-batch_size-32"]
+    assert [t.trial_id for t in resumed.trials] == [t.trial_id for t in result.trials]
+
     reachable = dataclasses.replace(space, tuned={"learning_rate": Param("learning_rate", "float", 0.01, 0.02)})
     again = run_fine(ctx, reachable, winner_values, config.search.fine, workdir=tmp_path / "again", pool=pool)
     assert max(t.score for t in again.trials) >= again.coarse_winner.score
