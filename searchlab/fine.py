@@ -285,9 +285,9 @@ def edge_values(space: FineSpace, best: Mapping[str, Any], points: int) -> dict[
 
 
 def _beyond_edges(space: FineSpace, points: int, done: Mapping[str, FineTrial]) -> list[_Call]:
-    """A second round for the grid's best trial when it sits on an edge the narrowing drew: the same values with
-    that one hyperparameter moved further out (`edge_values`), to train under the fine protocol. Trial ids
-    `edge-<name>-<k>`."""
+    """A second round for the grid's best trial (`done`: the tuner's trials) when it sits on an edge the narrowing
+    drew: the same values with that one hyperparameter moved further out (`edge_values`), to train under the fine
+    protocol. Trial ids `edge-<name>-<k>`."""
     completed = [t for t in done.values() if t.ok]
     if not completed:
         return []
