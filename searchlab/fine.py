@@ -149,9 +149,10 @@ def run_fine(
     if settings.kind == "hyperband":
         winner_values["epochs"] = settings.max_epochs
     scalings = {winner_values["scaling"], space.fixed.get("scaling", winner_values["scaling"])}
-    for param in (space.tuned.get("scaling"), space.left_open.get("scaling"),
-                  *(d.original for d in space.decisions if d.name == "scaling" and settings.revisit)):
+    for param in (space.tuned.get("scaling"), space.left_open.get("scaling")):
         scalings.update(param.values if param else ())
+    if settings.revisit:  # a scaling the narrowing fixed (sampled, not compared) may be revisited
+        scalings.update(revisit_options(space, settings.points).get("scaling", ()))
     job = _train_job(ctx, settings, ctx.seed, scalings)
     owned = pool is None
     pool = pool or TrialPool.of(settings)

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from searchlab.context import SearchContext
 
 #: A whole search in seconds: 200 synthetic rows, the smoke budgets, coarse fits and fine trials in the search process
-#: (no worker processes to start), no model artifact, and no trainings beyond the grid (edge rounds, revisits, re-scoring): the
-#: smoke search in test_pipeline and tests/test_fine.py test those.
+#: (no worker processes to start), no model artifact, and no trainings beyond the grid (edge rounds, revisits,
+#: re-scoring): the smoke search in test_pipeline and tests/test_fine.py test those.
 TINY = ("experiment=smoke", "dataset=synthetic", "dataset.n_samples=200", "search.coarse.n_jobs=1",
         "search.fine.trial_worker=false", "search.coarse.paired.scaling=null", "search.fine.beyond_edges=false",
         "search.fine.revisit=false", "search.fine.confirm_top=0", "tracking.log_model=false", "verbose=0")

@@ -389,3 +389,20 @@ def test_no_trial_reaching_the_coarse_winner_revisits_the_fixed_values_one_at_a_
     again = run_fine(ctx, reachable, winner_values, config.search.fine, workdir=tmp_path / "again", pool=pool)
     assert max(t.score for t in again.trials) >= again.coarse_winner.score
     assert not any(t.trial_id.startswith("revisit-") for t in again.trials)
+
+
+def test_a_revisited_scaling_trains_on_the_split_scaled_its_way(tmp_path: Path, pool: TrialPool) -> None:
+    """Scaling sampled by the coarse stage (not compared) and fixed by the narrowing: the revisit's trial with the
+    other scaling has its split scaled that way, prepared before the stage."""
+    config, ctx = stage_inputs("model.epochs=2", "search.fine.points=2", "search.fine.revisit=true")
+    lr = _decision(Param("learning_rate", "float", 1e-7, 1e-2, log=True),
+                   Param("learning_rate", "float", 1e-7, 2e-7, log=True))
+    scaling = Decision("scaling", Influence(0.1, 0.0, 0.3, 0.6),
+                       Param("scaling", "choice", values=("standard", "quantile")), None, "standard")
+    space = FineSpace({"learning_rate": lr.narrowed}, {"scaling": "standard"},  # type: ignore[dict-item]
+                      (lr, scaling), 20, 5, 0)
+    result = run_fine(ctx, space, {**WINNER, "scaling": "standard"}, config.search.fine, workdir=tmp_path, pool=pool)
+    [revisited] = [t for t in result.trials if t.trial_id.startswith("revisit-")]
+    assert revisited.trial_id == "revisit-scaling-quantile" and revisited.ok
+    assert revisited.params == {**result.coarse_winner.params, "scaling": "quantile"}
+    assert revisited.curves["val_loss"] != result.coarse_winner.curves["val_loss"]
